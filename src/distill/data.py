@@ -1,0 +1,141 @@
+"""Prompt sets, the train/held-out split, chat formatting, and the text corpus.
+
+A prompt is a dict: `prompt_id` (stable), `kind`, `messages` (chat list),
+`reference` (a short verifiable answer, or None).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from importlib import resources
+from pathlib import Path
+
+import pandas as pd
+
+
+class PromptError(ValueError):
+    """A prompt source is missing, empty or has a bad row; the message says where."""
+
+
+def builtin_path(name: str) -> Path:
+    return Path(str(resources.files("distill") / "assets" / name))
+
+
+def load_prompts(source: str = "builtin", prompt_field: str = "prompt",
+                 system_prompt: str | None = None) -> list[dict]:
+    """Prompts from the built-in set, a .jsonl/.csv/.parquet file, or `hf:<dataset>`."""
+    if source == "builtin":
+        rows, where = _read_file(builtin_path("prompts.jsonl")), "the built-in prompt set"
+    elif source.startswith("hf:"):
+        rows, where = _read_hub_dataset(source[3:]), source
+    else:
+        rows, where = _read_file(Path(source)), source
+    prompts = [_to_prompt(row, number, where, prompt_field, system_prompt)
+               for number, row in enumerate(rows, start=1)]
+    if not prompts:
+        raise PromptError(f"{where}: no prompts found; the file is empty")
+    ids = [p["prompt_id"] for p in prompts]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise PromptError(f"{where}: prompt id {duplicate!r} appears more than once")
+    return prompts
+
+
+def _read_file(path: Path) -> list[dict]:
+    if not path.exists():
+        raise PromptError(f"{path}: no such prompt file")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise PromptError(f"{path}: line {number}: not valid JSON ({error.msg})") from None
+        return rows
+    if suffix == ".csv":
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    elif suffix == ".parquet":
+        frame = pd.read_parquet(path)
+    else:
+        raise PromptError(f"{path}: unsupported prompt file type {suffix!r}; "
+                          "use .jsonl, .csv or .parquet")
+    return frame.to_dict("records")
+
+
+def _read_hub_dataset(name: str) -> list[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise PromptError("hf: prompt sets need the package datasets; "
+                          "install it with: pip install datasets") from None
+    try:
+        return list(datasets.load_dataset(name, split="train"))
+    except Exception as error:  # offline, unknown name, ...: say which and why
+        raise PromptError(f"hf:{name}: could not load the dataset ({error}). "
+                          "Offline, use the built-in set or a local file.") from None
+
+
+def _to_prompt(row: dict, number: int, where: str, prompt_field: str,
+               system_prompt: str | None) -> dict:
+    text = row.get(prompt_field)
+    messages = row.get("messages")
+    if isinstance(messages, str):
+        messages = json.loads(messages)
+    if messages is None:
+        if not isinstance(text, str) or not text.strip():
+            raise PromptError(f"{where}: row {number}: needs a non-empty {prompt_field!r} "
+                              f"text or a 'messages' list; got {text!r}")
+        messages = [{"role": "user", "content": text}]
+    elif not (isinstance(messages, list) and messages
+              and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)):
+        raise PromptError(f"{where}: row {number}: 'messages' must be a non-empty list of "
+                          "{role, content} objects")
+    if system_prompt is not None and messages[0]["role"] != "system":
+        messages = [{"role": "system", "content": system_prompt}, *messages]
+    reference = row.get("reference")
+    return {
+        "prompt_id": str(row.get("id") or row.get("prompt_id") or f"row-{number:06d}"),
+        "kind": str(row.get("kind") or "unknown"),
+        "messages": messages,
+        "reference": None if reference in (None, "") else str(reference),
+    }
+
+
+def split_prompts(prompts: list[dict], heldout_size: int, seed: int,
+                  train_size: int | None = None) -> tuple[list[dict], list[dict]]:
+    """A deterministic (train, heldout) split: a seeded shuffle, heldout first."""
+    if heldout_size >= len(prompts):
+        raise PromptError(f"heldout_size={heldout_size} leaves no training prompts out of "
+                          f"{len(prompts)}; lower teacher_sampling.heldout_size")
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    heldout, train = order[:heldout_size], order[heldout_size:]
+    return (train[:train_size] if train_size else train), heldout
+
+
+def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of `messages` under the tokenizer's chat template, ready for the
+    assistant's answer (plain concatenation for tokenizers without a template)."""
+    if tokenizer.chat_template:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    else:
+        text = "\n".join(m["content"] for m in messages) + "\n"
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def load_corpus(source: str = "builtin") -> str:
+    """Text for perplexity, never used in training: the shipped corpus, a .txt file,
+    or `hf:<dataset>` (its 'text' column)."""
+    if source == "builtin":
+        text = builtin_path("corpus.txt").read_text()
+        return "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
+    if source.startswith("hf:"):
+        return "\n\n".join(row["text"] for row in _read_hub_dataset(source[3:]))
+    path = Path(source)
+    if not path.exists():
+        raise PromptError(f"{path}: no such corpus file (evaluation.corpus)")
+    return path.read_text()

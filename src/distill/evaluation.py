@@ -1,0 +1,120 @@
+"""Metrics that say how much of the teacher a student keeps, and at what cost.
+
+- Teacher-forced fidelity on the held-out teacher completions: forward
+  KL(p_T || p_S) per completion token (the training objective's direction) and
+  top-1 agreement (student's argmax == teacher's argmax).
+- Perplexity on a text corpus that no stage trains on.
+- Generated answers: ROUGE-L against the teacher's answer (the shipped local
+  `evaluate` module), and, where the prompt has a reference, exact match and
+  reference-in-answer accuracy.
+- Cost: parameters, size on disk, generation tokens/s.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import builtin_path, encode_chat
+from .losses import IGNORE_INDEX, forward_kl
+from .sampling import generate_all
+from .training import build_examples, collate
+
+
+@torch.inference_mode()
+def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
+                            batch_size: int) -> dict[str, dict]:
+    """{name: {'kl', 'top1_agreement', 'tokens'}} over the completion tokens of `samples`,
+    with the teacher's logits computed once per batch for all students."""
+    examples = build_examples(samples)
+    sums = {name: {"kl": 0.0, "agree": 0, "tokens": 0} for name in students}
+    for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
+        batch = collate(examples[start:start + batch_size], pad_id)
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        teacher_logits = teacher(**inputs).logits[:, :-1].float()
+        keep = batch["labels"] != IGNORE_INDEX
+        count = int(keep.sum())
+        for name, student in students.items():
+            student_logits = student(**inputs).logits[:, :-1].float()
+            sums[name]["kl"] += float(forward_kl(student_logits, teacher_logits,
+                                                 batch["labels"])) * count
+            same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
+            sums[name]["agree"] += int(same[keep].sum())
+            sums[name]["tokens"] += count
+    return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
+                   "tokens": s["tokens"]} for name, s in sums.items()}
+
+
+@torch.inference_mode()
+def perplexity(model, tokenizer, text: str, max_tokens: int, block_size: int) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows of `block_size` tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("the perplexity corpus is shorter than two tokens")
+    total_nll, total_tokens = 0.0, 0
+    for start in range(0, len(ids) - 1, block_size):
+        window = torch.tensor([ids[start:start + block_size + 1]])
+        if window.shape[1] < 2:
+            break
+        logits = model(input_ids=window[:, :-1]).logits.float()
+        nll = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
+        total_nll += float(nll)
+        total_tokens += window.shape[1] - 1
+    return math.exp(total_nll / total_tokens)
+
+
+def generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
+                     batch_size: int, desc: str) -> tuple[list[str], float]:
+    """Greedy answers for each chat, and generation tokens/s."""
+    prompt_ids = [encode_chat(tokenizer, m) for m in messages]
+    with tqdm(total=len(prompt_ids), desc=desc, unit="prompt") as progress:
+        start = time.perf_counter()
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
+                               max_new_tokens=max_new_tokens)
+        seconds = time.perf_counter() - start
+    tokens = sum(len(o["completion_ids"]) for o in outputs)
+    answers = [tokenizer.decode(o["completion_ids"], skip_special_tokens=True) for o in outputs]
+    return answers, tokens / seconds
+
+
+def normalize(text: str) -> str:
+    """Lowercase, drop punctuation and extra spaces (SQuAD-style answer matching)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    """The normalized answer is the normalized reference."""
+    return normalize(answer) == normalize(reference)
+
+
+def reference_in_answer(answer: str, reference: str) -> bool:
+    """The normalized reference appears in the normalized answer as whole words:
+    lenient scoring for chat models that answer in a sentence."""
+    return re.search(rf"\b{re.escape(normalize(reference))}\b", normalize(answer)) is not None
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure per pair, through `evaluate` with the shipped local module."""
+    import evaluate
+
+    metric = evaluate.load(str(builtin_path("rouge_l")))
+    return metric.compute(predictions=predictions, references=references)["rougeL_per_pair"]
+
+
+def answer_scores(answers: list[str], teacher_answers: list[str],
+                  references: list[str | None]) -> dict:
+    """ROUGE-L vs the teacher's answers, and accuracy on the prompts with a reference."""
+    scores = {"rouge_l_vs_teacher": sum(rouge_l(answers, teacher_answers)) / len(answers)}
+    graded = [(a, r) for a, r in zip(answers, references) if r is not None]
+    scores["graded_prompts"] = len(graded)
+    scores["exact_match"] = (sum(exact_match(a, r) for a, r in graded) / len(graded)
+                             if graded else None)
+    scores["reference_in_answer"] = (sum(reference_in_answer(a, r) for a, r in graded)
+                                     / len(graded) if graded else None)
+    return scores

