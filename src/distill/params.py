@@ -80,8 +80,8 @@ class StudentTrainingParams:
                       "or a Hugging Face id / folder")
     student_layers: list | None = _p(None, "teacher layers the pruned student keeps; "
                                      "null keeps every other one")
-    student_config: dict = _p({}, "config overrides for student=config, e.g. "
-                              "{num_hidden_layers: 4, hidden_size: 256}")
+    student_config: dict = _p({}, "config overrides when student is config, e.g. "
+                              "num_hidden_layers and hidden_size")
     kd_source: str = _p("topk", "teacher signal: topk (cached log-probs) or online (full logits, "
                         "teacher in memory)",
                         (lambda v: v in ("topk", "online"), "must be topk or online"))

