@@ -23,6 +23,8 @@ Two teacher signals share one divergence:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -55,22 +57,15 @@ def _mean_over_chunks(per_position, tensors: list[torch.Tensor], keep: torch.Ten
     return total / count
 
 
-def forward_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
-    """Forward KL, KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)), mean over
-    kept positions. Mass-covering: the student pays wherever the teacher has mass."""
-    def per_position(student, teacher):
-        return kl_divergence(F.log_softmax(teacher.float() / temperature, -1),
-                             F.log_softmax(student.float() / temperature, -1))
-    keep = _kept_positions(labels, student_logits.shape)
-    return _mean_over_chunks(per_position, [student_logits, teacher_logits], keep)
-
-
 def topk_buckets(student_logits, topk_ids, topk_logprobs, temperature: float = 1.0):
     """(teacher, student) log-probs over k + 1 buckets: the teacher's top-k ids, then
     the tail (everything else). Shapes (..., k + 1)."""
     teacher_top = topk_logprobs.float()
-    # tail mass 1 - sum p_top, clamped at 0: float error can push the sum past 1
-    teacher_tail = torch.log((1 - teacher_top.exp().sum(-1, keepdim=True)).clamp_min(0))
+    # Tail mass 1 - sum p_top. Summing k float32 probabilities is off by up to
+    # ~k * eps, so a smaller tail is rounding noise, not mass: make it exactly 0.
+    tail_mass = 1 - teacher_top.exp().sum(-1, keepdim=True)
+    noise = teacher_top.shape[-1] * torch.finfo(torch.float32).eps
+    teacher_tail = torch.log(torch.where(tail_mass > noise, tail_mass, 0.0))
     teacher = torch.cat([teacher_top, teacher_tail], dim=-1)
     if temperature != 1.0:
         teacher = F.log_softmax(teacher / temperature, dim=-1)
@@ -83,37 +78,184 @@ def topk_buckets(student_logits, topk_ids, topk_logprobs, temperature: float = 1
     return teacher, torch.cat([student_top, student_tail], dim=-1)
 
 
-def forward_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                    temperature: float = 1.0):
-    """Forward KL(p_T || p_S) with the teacher given as top-k ids and log-probs
-    (batch, seq, k) plus the tail bucket (see module docstring)."""
+# --- divergences between two log-prob tensors over the last axis -------------
+
+def _log_mix(log_p, log_q, weight: float):
+    """log(weight * p + (1 - weight) * q), stable in log space."""
+    if weight in (0, 1):  # log(0) is not a float: the mixture is just one side
+        return log_p if weight == 1 else log_q
+    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+
+
+def _forward_kl(log_t, log_s):
+    return kl_divergence(log_t, log_s)
+
+
+def _reverse_kl(log_t, log_s):
+    return kl_divergence(log_s, log_t)
+
+
+def _generalized_jsd(log_t, log_s, beta: float = 0.5):
+    if beta == 0:
+        return kl_divergence(log_t, log_s)
+    if beta == 1:
+        return kl_divergence(log_s, log_t)
+    log_m = _log_mix(log_t, log_s, beta)
+    return beta * kl_divergence(log_t, log_m) + (1 - beta) * kl_divergence(log_s, log_m)
+
+
+def _skew_kl(log_t, log_s, alpha: float = 0.1):
+    return kl_divergence(log_t, _log_mix(log_t, log_s, alpha))
+
+
+def _skew_reverse_kl(log_t, log_s, alpha: float = 0.1):
+    return kl_divergence(log_s, _log_mix(log_s, log_t, alpha))
+
+
+def _total_variation(log_t, log_s):
+    return 0.5 * (log_t.exp() - log_s.exp()).abs().sum(-1)
+
+
+def _dense(divergence, student_logits, teacher_logits, labels, temperature, **options):
+    def per_position(student, teacher):
+        return divergence(F.log_softmax(teacher.float() / temperature, -1),
+                          F.log_softmax(student.float() / temperature, -1), **options)
+    keep = _kept_positions(labels, student_logits.shape)
+    return _mean_over_chunks(per_position, [student_logits, teacher_logits], keep)
+
+
+def _sparse(divergence, student_logits, topk_ids, topk_logprobs, labels, temperature,
+            **options):
     def per_position(student, ids, logprobs):
-        teacher, student = topk_buckets(student, ids, logprobs, temperature)
-        return kl_divergence(teacher, student)
+        return divergence(*topk_buckets(student, ids, logprobs, temperature), **options)
     keep = _kept_positions(labels, student_logits.shape)
     return _mean_over_chunks(per_position, [student_logits, topk_ids, topk_logprobs], keep)
 
 
+# --- the objectives: dense (teacher logits) and top-k (cached teacher) -------
+
+def forward_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
+    """Forward KL, KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)).
+    Mass-covering: the student pays wherever the teacher has mass (Hinton et al.)."""
+    return _dense(_forward_kl, student_logits, teacher_logits, labels, temperature)
+
+
+def reverse_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
+    """Reverse KL, KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v)).
+    Mode-seeking: the student pays for mass where the teacher has little (MiniLLM)."""
+    return _dense(_reverse_kl, student_logits, teacher_logits, labels, temperature)
+
+
+def generalized_jsd(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
+                    beta: float = 0.5):
+    """Generalized Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
+    beta * KL(p_T || M) + (1 - beta) * KL(p_S || M), with M = beta p_T + (1 - beta) p_S.
+    beta = 0.5 is the symmetric JSD. Near the ends the mixture formula vanishes like
+    beta * KL(p_T || p_S) (beta -> 0) and (1 - beta) * KL(p_S || p_T) (beta -> 1), so
+    beta = 0 returns forward KL(p_T || p_S) and beta = 1 reverse KL(p_S || p_T), the
+    limits of the family divided by its vanishing weight (as TRL does)."""
+    return _dense(_generalized_jsd, student_logits, teacher_logits, labels, temperature,
+                  beta=beta)
+
+
+def skew_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
+            alpha: float = 0.1):
+    """Skew forward KL (DistiLLM, Ko et al. 2024): KL(p_T || alpha p_T + (1 - alpha) p_S).
+    alpha = 0 is forward KL; mixing in the teacher bounds the loss where p_S is tiny."""
+    return _dense(_skew_kl, student_logits, teacher_logits, labels, temperature, alpha=alpha)
+
+
+def skew_reverse_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
+                    alpha: float = 0.1):
+    """Skew reverse KL (DistiLLM): KL(p_S || alpha p_S + (1 - alpha) p_T); alpha = 0 is
+    reverse KL."""
+    return _dense(_skew_reverse_kl, student_logits, teacher_logits, labels, temperature,
+                  alpha=alpha)
+
+
+def total_variation(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
+    """Total variation distance, 0.5 * sum_v |p_T(v) - p_S(v)|: symmetric, in [0, 1]."""
+    return _dense(_total_variation, student_logits, teacher_logits, labels, temperature)
+
+
+def forward_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                    temperature: float = 1.0):
+    """Forward KL(p_T || p_S) with the teacher given as top-k ids and log-probs
+    (batch, seq, k) plus the tail bucket (see module docstring)."""
+    return _sparse(_forward_kl, student_logits, topk_ids, topk_logprobs, labels, temperature)
+
+
+def reverse_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                    temperature: float = 1.0):
+    """Reverse KL(p_S || p_T) over the teacher's top-k buckets plus the tail."""
+    return _sparse(_reverse_kl, student_logits, topk_ids, topk_logprobs, labels, temperature)
+
+
+def generalized_jsd_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                         temperature: float = 1.0, beta: float = 0.5):
+    """`generalized_jsd` over the teacher's top-k buckets plus the tail."""
+    return _sparse(_generalized_jsd, student_logits, topk_ids, topk_logprobs, labels,
+                   temperature, beta=beta)
+
+
+def skew_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                 temperature: float = 1.0, alpha: float = 0.1):
+    """`skew_kl` over the teacher's top-k buckets plus the tail."""
+    return _sparse(_skew_kl, student_logits, topk_ids, topk_logprobs, labels, temperature,
+                   alpha=alpha)
+
+
+def skew_reverse_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                         temperature: float = 1.0, alpha: float = 0.1):
+    """`skew_reverse_kl` over the teacher's top-k buckets plus the tail."""
+    return _sparse(_skew_reverse_kl, student_logits, topk_ids, topk_logprobs, labels,
+                   temperature, alpha=alpha)
+
+
+def total_variation_topk(student_logits, topk_ids, topk_logprobs, labels=None,
+                         temperature: float = 1.0):
+    """`total_variation` over the teacher's top-k buckets plus the tail."""
+    return _sparse(_total_variation, student_logits, topk_ids, topk_logprobs, labels,
+                   temperature)
+
+
+# name -> (dense, top-k) for the training objective's `kd_loss` parameter
+OBJECTIVES = {
+    "forward_kl": (forward_kl, forward_kl_topk),
+    "reverse_kl": (reverse_kl, reverse_kl_topk),
+    "generalized_jsd": (generalized_jsd, generalized_jsd_topk),
+    "skew_kl": (skew_kl, skew_kl_topk),
+    "skew_reverse_kl": (skew_reverse_kl, skew_reverse_kl_topk),
+    "total_variation": (total_variation, total_variation_topk),
+}
+
+
 def cross_entropy(student_logits, labels):
     """Sequence-level distillation: -log p_S(teacher's token), mean over kept positions."""
-    return F.cross_entropy(student_logits.float().flatten(0, -2), labels.flatten(),
-                           ignore_index=IGNORE_INDEX)
+    keep = labels != IGNORE_INDEX
+    if not keep.any():  # a mean over no positions is 0, not NaN
+        return student_logits.sum() * 0.0
+    return F.cross_entropy(student_logits.float()[keep], labels[keep])
 
 
 def distillation_loss(student_logits, labels, *, ce_weight: float, kd_weight: float,
-                      temperature: float, teacher_logits=None, topk_ids=None,
+                      temperature: float, kd_loss: str = "forward_kl", kd_options=None,
+                      teacher_logits=None, topk_ids=None,
                       topk_logprobs=None) -> dict[str, torch.Tensor]:
-    """Total = ce_weight * CE + kd_weight * T^2 * KL(p_T || p_S). The teacher comes as
-    full logits (online) or as top-k ids and log-probs (offline). Returns the parts
-    and the total, so the log shows what the optimizer saw."""
+    """Total = ce_weight * CE + kd_weight * T^2 * KD, KD being the objective named
+    `kd_loss` (see OBJECTIVES; `kd_options` holds its beta or alpha). The teacher
+    comes as full logits (online) or as top-k ids and log-probs (offline). Returns
+    the parts and the total, so the log shows what the optimizer saw."""
     parts = {}
     if ce_weight:
         parts["ce"] = cross_entropy(student_logits, labels)
     if kd_weight:
+        dense, sparse = OBJECTIVES[kd_loss]
         if teacher_logits is not None:
-            parts["kd"] = forward_kl(student_logits, teacher_logits, labels, temperature)
+            parts["kd"] = dense(student_logits, teacher_logits, labels, temperature,
+                                **(kd_options or {}))
         else:
-            parts["kd"] = forward_kl_topk(student_logits, topk_ids, topk_logprobs, labels,
-                                          temperature)
+            parts["kd"] = sparse(student_logits, topk_ids, topk_logprobs, labels, temperature,
+                                 **(kd_options or {}))
     total = ce_weight * parts.get("ce", 0.0) + kd_weight * temperature**2 * parts.get("kd", 0.0)
     return {"loss": total, **parts}

@@ -157,9 +157,16 @@ def _type_name(annotation) -> str:
 def _build_section(cls, values: dict, where: str):
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
+    values = dict(values)
     for key, value in values.items():
         if key not in known:
             raise ParamsError(f"{where}.{key}: unknown key; known keys: {', '.join(known)}")
+        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
+            # YAML 1.1 reads 3e-4 (no dot) as a string; accept what float() accepts
+            try:
+                values[key] = value = float(value)
+            except ValueError:
+                pass
         if not _type_ok(value, hints[key]):
             raise ParamsError(f"{where}.{key}: expected {_type_name(hints[key])}, "
                               f"got {value!r} ({type(value).__name__})")

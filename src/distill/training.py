@@ -114,6 +114,12 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
     if (checkpoint := latest_checkpoint(run_dir)) is not None:
         start_step, path = checkpoint
         accelerator.load_state(str(path))
+        # load_state restores the optimizer's last learning rate; a resumed run with
+        # another length (max_steps, epochs) must follow its own schedule instead.
+        inner = getattr(scheduler, "scheduler", scheduler)
+        for group, base_lr, factor in zip(optimizer.param_groups, inner.base_lrs,
+                                          inner.lr_lambdas):
+            group["lr"] = base_lr * factor(inner.last_epoch)
         if log_path.exists():
             log = pd.read_csv(log_path).query("step <= @start_step").to_dict("records")
         accelerator.print(f"Resumed from {path} (step {start_step} of {total_steps})")
@@ -155,15 +161,21 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
 
 def _loss(student, teacher, batch, ce_weight, kd_weight, temperature):
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    student_logits = student(**inputs).logits[:, :-1]
+    # Only completion positions carry a loss. Projecting just the positions from the
+    # batch's first completion token onwards through the LM head (`logits_to_keep`)
+    # skips most prompt positions: that head is a third of this model's compute.
+    start = int((batch["labels"] != IGNORE_INDEX).float().argmax(-1).min())
+    keep = batch["input_ids"].shape[1] - start
+    student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
     teacher_logits = None
     if teacher is not None and kd_weight:
         with torch.no_grad():
-            teacher_logits = teacher(**inputs).logits[:, :-1]
-    return distillation_loss(student_logits, batch["labels"], ce_weight=ce_weight,
+            teacher_logits = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
+    return distillation_loss(student_logits, batch["labels"][:, start:], ce_weight=ce_weight,
                              kd_weight=kd_weight, temperature=temperature,
-                             teacher_logits=teacher_logits, topk_ids=batch["topk_ids"],
-                             topk_logprobs=batch["topk_logprobs"])
+                             teacher_logits=teacher_logits,
+                             topk_ids=batch["topk_ids"][:, start:],
+                             topk_logprobs=batch["topk_logprobs"][:, start:])
 
 
 def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):

@@ -1,0 +1,57 @@
+"""The notebooks' `parameters` cells carry the same keys and defaults as distill.params."""
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from distill.params import EvaluationParams, RunParams, StudentTrainingParams, TeacherSamplingParams
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+STAGES = {
+    "01_teacher_sampling": TeacherSamplingParams,
+    "02_student_training": StudentTrainingParams,
+    "03_evaluation": EvaluationParams,
+}
+
+
+def _defaults(cls) -> dict:
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())
+            for f in dataclasses.fields(cls)}
+
+
+def test_every_stage_has_a_notebook_and_no_other_notebooks():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(STAGES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_exactly_one_parameters_cell(stage):
+    notebook = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
+    tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert tagged[0].cell_type == "code"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebook_is_committed_without_outputs(stage):
+    notebook = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert code
+    for cell in code:
+        assert cell.get("outputs", []) == [], cell.source[:80]
+        assert cell.get("execution_count") is None, cell.source[:80]
+
+
+@pytest.mark.parametrize("stage,section", STAGES.items())
+def test_parameter_defaults_equal_the_params_dataclasses(stage, section):
+    inferred = papermill.inspect_notebook(str(NOTEBOOKS / f"{stage}.ipynb"))
+    notebook_defaults = {name: ast.literal_eval(info["default"])
+                         for name, info in inferred.items()}
+    expected = {**_defaults(RunParams), **_defaults(section)}
+    assert set(notebook_defaults) == {"run_dir"} | set(expected)
+    for name, value in expected.items():
+        got = notebook_defaults[name]
+        assert got == value and type(got) is type(value), (name, got, value)
