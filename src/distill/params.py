@@ -57,7 +57,8 @@ class RunParams:
 
 @dataclass
 class TeacherSamplingParams:
-    prompts: str = _p("builtin", "prompt set: builtin, a .jsonl/.csv/.parquet file, or hf:<dataset>")
+    prompts: str = _p("builtin",
+                      "prompt set: builtin, a .jsonl/.csv/.parquet file, or hf:<dataset>")
     prompt_field: str = _p("prompt", "column holding the user message in a prompt file")
     heldout_size: int = _p(64, "prompts kept out of training, for evaluation", non_negative)
     train_size: int | None = _p(None, "cap on training prompts; null uses all the rest",

@@ -91,9 +91,8 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
     full logits when given. Resumes from the last checkpoint in the run folder.
     Returns the training log (one row per optimizer step); the model is trained in place."""
     from accelerate import Accelerator
-    from transformers import get_cosine_schedule_with_warmup
-
     from accelerate.state import AcceleratorState
+    from transformers import get_cosine_schedule_with_warmup
 
     # Accelerate's state is a process-wide singleton; reset it so a second call
     # (a benchmark, a test, a re-run cell) may choose another mixed precision.
