@@ -117,9 +117,9 @@ def _record_checkpoints(monkeypatch, interrupt_at=None):
 def _count_steps(monkeypatch):
     calls, real = [], training._loss
 
-    def loss(*args):
+    def loss(*args, **kwargs):
         calls.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(training, "_loss", loss)
     return calls
 

@@ -219,14 +219,14 @@ def total_variation_topk(student_logits, topk_ids, topk_logprobs, labels=None,
                    temperature)
 
 
-# name -> (dense, top-k) for the training objective's `kd_loss` parameter
+# name -> (dense, top-k, the option it takes) for the training objective's `kd_loss`
 OBJECTIVES = {
-    "forward_kl": (forward_kl, forward_kl_topk),
-    "reverse_kl": (reverse_kl, reverse_kl_topk),
-    "generalized_jsd": (generalized_jsd, generalized_jsd_topk),
-    "skew_kl": (skew_kl, skew_kl_topk),
-    "skew_reverse_kl": (skew_reverse_kl, skew_reverse_kl_topk),
-    "total_variation": (total_variation, total_variation_topk),
+    "forward_kl": (forward_kl, forward_kl_topk, None),
+    "reverse_kl": (reverse_kl, reverse_kl_topk, None),
+    "generalized_jsd": (generalized_jsd, generalized_jsd_topk, "beta"),
+    "skew_kl": (skew_kl, skew_kl_topk, "alpha"),
+    "skew_reverse_kl": (skew_reverse_kl, skew_reverse_kl_topk, "alpha"),
+    "total_variation": (total_variation, total_variation_topk, None),
 }
 
 
@@ -239,23 +239,23 @@ def cross_entropy(student_logits, labels):
 
 
 def distillation_loss(student_logits, labels, *, ce_weight: float, kd_weight: float,
-                      temperature: float, kd_loss: str = "forward_kl", kd_options=None,
-                      teacher_logits=None, topk_ids=None,
+                      temperature: float, kd_loss: str = "forward_kl", kd_beta: float = 0.5,
+                      kd_alpha: float = 0.1, teacher_logits=None, topk_ids=None,
                       topk_logprobs=None) -> dict[str, torch.Tensor]:
     """Total = ce_weight * CE + kd_weight * T^2 * KD, KD being the objective named
-    `kd_loss` (see OBJECTIVES; `kd_options` holds its beta or alpha). The teacher
-    comes as full logits (online) or as top-k ids and log-probs (offline). Returns
-    the parts and the total, so the log shows what the optimizer saw."""
+    `kd_loss` (see OBJECTIVES; generalized_jsd takes kd_beta, the skew KLs kd_alpha).
+    The teacher comes as full logits (online) or as top-k ids and log-probs (offline).
+    Returns the parts and the total, so the log shows what the optimizer saw."""
     parts = {}
     if ce_weight:
         parts["ce"] = cross_entropy(student_logits, labels)
     if kd_weight:
-        dense, sparse = OBJECTIVES[kd_loss]
+        dense, sparse, option = OBJECTIVES[kd_loss]
+        options = {option: {"beta": kd_beta, "alpha": kd_alpha}[option]} if option else {}
         if teacher_logits is not None:
-            parts["kd"] = dense(student_logits, teacher_logits, labels, temperature,
-                                **(kd_options or {}))
+            parts["kd"] = dense(student_logits, teacher_logits, labels, temperature, **options)
         else:
             parts["kd"] = sparse(student_logits, topk_ids, topk_logprobs, labels, temperature,
-                                 **(kd_options or {}))
+                                 **options)
     total = ce_weight * parts.get("ce", 0.0) + kd_weight * temperature**2 * parts.get("kd", 0.0)
     return {"loss": total, **parts}

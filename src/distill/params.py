@@ -40,6 +40,12 @@ def _p(default, help: str, check=None):
     return field(default=default, metadata={"help": help, "check": check})
 
 
+def _objective_names():
+    from .losses import OBJECTIVES  # imports torch: only when a kd_loss is checked
+
+    return OBJECTIVES
+
+
 positive = (lambda v: v > 0, "must be > 0")
 non_negative = (lambda v: v >= 0, "must be >= 0")
 optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
@@ -88,9 +94,17 @@ class StudentTrainingParams:
                         (lambda v: v in ("topk", "online"), "must be topk or online"))
     ce_weight: float = _p(0.0, "weight of cross-entropy on the teacher's tokens "
                           "(sequence-level KD)", non_negative)
-    kd_weight: float = _p(1.0, "weight of forward KL(teacher || student), scaled by T^2",
+    kd_weight: float = _p(1.0, "weight of the token-level objective kd_loss, scaled by T^2",
                           non_negative)
-    temperature: float = _p(1.0, "softens both distributions in the KL term", positive)
+    kd_loss: str = _p("forward_kl", "forward_kl, reverse_kl, generalized_jsd, skew_kl, "
+                      "skew_reverse_kl or total_variation",
+                      (lambda v: v in _objective_names(), "must be one of the objectives in "
+                       "distill.losses.OBJECTIVES"))
+    kd_beta: float = _p(0.5, "generalized_jsd mixture weight: 0 forward KL, 1 reverse KL",
+                        (lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    kd_alpha: float = _p(0.1, "skew_kl / skew_reverse_kl skew: 0 is the plain KL",
+                         (lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    temperature: float = _p(1.0, "softens both distributions in the KD term", positive)
     epochs: int = _p(1, "passes over the training samples", positive)
     max_steps: int | None = _p(None, "stop after this many optimizer steps (null: epochs decide)",
                                optional_positive)

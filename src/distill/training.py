@@ -86,6 +86,7 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
           epochs: int, max_steps: int | None, batch_size: int, grad_accum: int, lr: float,
           warmup_steps: int, weight_decay: float, max_grad_norm: float, mixed_precision: str,
           checkpoint_every: int, ce_weight: float, kd_weight: float, temperature: float,
+          kd_loss: str = "forward_kl", kd_beta: float = 0.5, kd_alpha: float = 0.1,
           teacher=None) -> pd.DataFrame:
     """Distil into `student` from `examples` (top-k teacher signal), or from `teacher`'s
     full logits when given. Resumes from the last checkpoint in the run folder.
@@ -136,7 +137,9 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
             ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
             batch = {k: v.to(accelerator.device)
                      for k, v in collate([examples[i] for i in ids], pad_id).items()}
-            parts = _loss(student, teacher, batch, ce_weight, kd_weight, temperature)
+            parts = _loss(student, teacher, batch, ce_weight=ce_weight, kd_weight=kd_weight,
+                          temperature=temperature, kd_loss=kd_loss, kd_beta=kd_beta,
+                          kd_alpha=kd_alpha)
             accelerator.backward(parts["loss"] / grad_accum)
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             for name, value in parts.items():
@@ -158,7 +161,7 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
     return pd.DataFrame(log)
 
 
-def _loss(student, teacher, batch, ce_weight, kd_weight, temperature):
+def _loss(student, teacher, batch, **objective):
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     # Only completion positions carry a loss. Projecting just the positions from the
     # batch's first completion token onwards through the LM head (`logits_to_keep`)
@@ -167,11 +170,10 @@ def _loss(student, teacher, batch, ce_weight, kd_weight, temperature):
     keep = batch["input_ids"].shape[1] - start
     student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
     teacher_logits = None
-    if teacher is not None and kd_weight:
+    if teacher is not None and objective["kd_weight"]:
         with torch.no_grad():
             teacher_logits = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
-    return distillation_loss(student_logits, batch["labels"][:, start:], ce_weight=ce_weight,
-                             kd_weight=kd_weight, temperature=temperature,
+    return distillation_loss(student_logits, batch["labels"][:, start:], **objective,
                              teacher_logits=teacher_logits,
                              topk_ids=batch["topk_ids"][:, start:],
                              topk_logprobs=batch["topk_logprobs"][:, start:])
