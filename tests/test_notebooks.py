@@ -23,11 +23,20 @@ def _defaults(cls) -> dict:
             for f in dataclasses.fields(cls)}
 
 
-def test_every_stage_has_a_notebook_and_no_other_notebooks():
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(STAGES)
+ALL = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
 
-@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_a_notebook_plus_the_comparison_notebook():
+    assert ALL == sorted([*STAGES, "04_compare_runs"])
+
+
+def test_comparison_notebook_parameters():
+    inferred = papermill.inspect_notebook(str(NOTEBOOKS / "04_compare_runs.ipynb"))
+    defaults = {name: ast.literal_eval(info["default"]) for name, info in inferred.items()}
+    assert defaults == {"runs": [], "output_dir": "outputs"}
+
+
+@pytest.mark.parametrize("stage", ALL)
 def test_exactly_one_parameters_cell(stage):
     notebook = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
     tagged = [c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])]
@@ -35,7 +44,7 @@ def test_exactly_one_parameters_cell(stage):
     assert tagged[0].cell_type == "code"
 
 
-@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("stage", ALL)
 def test_notebook_is_committed_without_outputs(stage):
     notebook = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
     code = [c for c in notebook.cells if c.cell_type == "code"]

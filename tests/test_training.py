@@ -205,6 +205,6 @@ def test_online_teacher_identical_to_student_gives_zero_kd(tmp_path, tiny_model_
                                                            examples):
     teacher = tiny_model_factory(seed=3)
     student = copy.deepcopy(teacher)
-    log = training.train(student, examples, tmp_path, teacher=teacher,
+    log = training.train(student, examples, tmp_path, teacher=teacher, kd_source="online",
                          **_settings(max_steps=1, checkpoint_every=10))
     assert log["kd"].iloc[0] == pytest.approx(0.0, abs=1e-6)

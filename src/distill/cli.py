@@ -21,6 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--log-output", action="store_true",
                      help="stream the notebooks' output to this terminal")
 
+    sweep = commands.add_parser("sweep", help="run the variants of a sweep file on shared samples")
+    sweep.add_argument("sweep_file", help="a sweep YAML, e.g. params/sweeps/objectives.yaml")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="SECTION.KEY=VALUE", help="override one parameter in every variant")
+
+    compare = commands.add_parser("compare", help="one table of several runs' students")
+    compare.add_argument("runs", nargs="+", help="run folders")
+    compare.add_argument("--csv", help="also write the table to this CSV file")
+
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
 
@@ -37,9 +46,13 @@ def main(argv: list[str] | None = None) -> int:
         print(describe())
         return 0
 
-    from .pipeline import StageFailed, run_pipeline
+    from .pipeline import StageFailed, run_pipeline, run_sweep
 
     try:
+        if args.command == "compare":
+            return _compare(args.runs, args.csv)
+        if args.command == "sweep":
+            return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
     except (ParamsError, ValueError, FileNotFoundError) as error:
         print(f"distill: error: {error}", file=sys.stderr)
@@ -47,6 +60,19 @@ def main(argv: list[str] | None = None) -> int:
     except StageFailed as error:
         print(f"distill: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _compare(run_dirs, csv_path) -> int:
+    import pandas as pd
+
+    from .compare import compare_runs
+
+    table = compare_runs(run_dirs)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.round(4).to_string())
+    if csv_path:
+        table.to_csv(csv_path)
     return 0
 
 

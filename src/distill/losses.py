@@ -35,7 +35,11 @@ CHUNK_POSITIONS = 1024  # positions per chunk: memory is chunk x vocab, not batc
 def kl_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """KL(p || q) = sum_v p_v (log p_v - log q_v) over the last axis, with 0 log 0 = 0."""
     p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+    support = p > 0
+    # Outside p's support both logs may be -inf; zero them *before* subtracting, or
+    # backward multiplies 0 by NaN even where torch.where discards the value.
+    log_p, log_q = (torch.where(support, x, torch.zeros_like(x)) for x in (log_p, log_q))
+    return (p * (log_p - log_q)).sum(-1)
 
 
 def _kept_positions(labels: torch.Tensor | None, shape: torch.Size) -> torch.Tensor:
@@ -84,7 +88,10 @@ def _log_mix(log_p, log_q, weight: float):
     """log(weight * p + (1 - weight) * q), stable in log space."""
     if weight in (0, 1):  # log(0) is not a float: the mixture is just one side
         return log_p if weight == 1 else log_q
-    return torch.logaddexp(log_p + math.log(weight), log_q + math.log1p(-weight))
+    # logaddexp(-inf, -inf) has a NaN gradient; a finite floor keeps it defined
+    floor = torch.finfo(log_p.dtype).min
+    return torch.logaddexp(log_p.clamp_min(floor) + math.log(weight),
+                           log_q.clamp_min(floor) + math.log1p(-weight))
 
 
 def _forward_kl(log_t, log_s):
@@ -259,3 +266,40 @@ def distillation_loss(student_logits, labels, *, ce_weight: float, kd_weight: fl
                                  **options)
     total = ce_weight * parts.get("ce", 0.0) + kd_weight * temperature**2 * parts.get("kd", 0.0)
     return {"loss": total, **parts}
+
+
+# --- hidden-state distillation (DistilBERT, Minitron) -------------------------
+
+class HiddenStateLoss(torch.nn.Module):
+    """Distance between student and teacher hidden states at mapped layers.
+
+    For each (student layer, teacher layer) pair, the student's output h_S goes
+    through a learned linear projection to the teacher's width when the widths
+    differ (identity otherwise), then
+      mse:    mean over kept positions of mean_d (W h_S - h_T)_d^2
+      cosine: mean over kept positions of 1 - cos(W h_S, h_T)
+    and the result is averaged over the pairs. The projections are trained with
+    the student (their parameters belong to this module).
+    """
+
+    def __init__(self, pairs: list[tuple[int, int]], student_width: int, teacher_width: int,
+                 kind: str = "cosine"):
+        super().__init__()
+        if kind not in ("mse", "cosine"):
+            raise ValueError(f"hidden_loss must be mse or cosine, got {kind!r}")
+        self.pairs, self.kind = [tuple(p) for p in pairs], kind
+        self.projections = torch.nn.ModuleList(
+            torch.nn.Identity() if student_width == teacher_width
+            else torch.nn.Linear(student_width, teacher_width, bias=False) for _ in self.pairs)
+
+    def forward(self, student_hidden: dict, teacher_hidden: dict, keep: torch.Tensor):
+        """`*_hidden` map layer index -> (batch, seq, width); `keep` is (batch, seq) bool."""
+        total = 0.0
+        for (s, t), projection in zip(self.pairs, self.projections):
+            h_s = projection(student_hidden[s][keep].float())
+            h_t = teacher_hidden[t][keep].float()
+            if self.kind == "mse":
+                total = total + ((h_s - h_t) ** 2).mean()
+            else:
+                total = total + (1 - F.cosine_similarity(h_s, h_t, dim=-1)).mean()
+        return total / len(self.pairs)

@@ -14,6 +14,7 @@ teacher's tokenizer, or any pretrained model name as above.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import os
@@ -196,6 +197,37 @@ def build_student(teacher, kind: str, layers: list | None, config_overrides: dic
         return small_config_student(teacher, config_overrides, seed)
     model, _ = load_model(kind)
     return model
+
+
+def default_layer_map(student, teacher) -> list[tuple[int, int]]:
+    """(student layer, teacher layer) pairs for hidden-state distillation: each layer
+    of a pruned student to the teacher layer it was copied from; otherwise student
+    layers spread evenly over the teacher's depth, last to last."""
+    copied = getattr(student.config, "distill_pruned_from_layers", None)
+    if copied:
+        return list(enumerate(copied))
+    n_student, n_teacher = student.config.num_hidden_layers, teacher.config.num_hidden_layers
+    return [(i, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
+
+
+@contextlib.contextmanager
+def layer_outputs(model, layers: list[int]):
+    """Capture the outputs of decoder layers `layers` during forward passes, as a dict
+    layer -> hidden states (before any final norm, unlike output_hidden_states' last)."""
+    captured: dict[int, object] = {}
+
+    def hook(index):
+        def save(module, inputs, output):
+            captured[index] = output[0] if isinstance(output, tuple) else output
+        return save
+
+    decoder_layers = model.model.layers
+    handles = [decoder_layers[i].register_forward_hook(hook(i)) for i in layers]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def save_model(model, tokenizer, folder: str | Path) -> Path:

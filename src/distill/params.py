@@ -105,6 +105,18 @@ class StudentTrainingParams:
     kd_alpha: float = _p(0.1, "skew_kl / skew_reverse_kl skew: 0 is the plain KL",
                          (lambda v: 0 <= v < 1, "must be in [0, 1)"))
     temperature: float = _p(1.0, "softens both distributions in the KD term", positive)
+    hidden_weight: float = _p(0.0, "weight of hidden-state distillation (needs the teacher "
+                              "in memory)", non_negative)
+    hidden_loss: str = _p("cosine", "hidden-state distance: cosine or mse",
+                          (lambda v: v in ("cosine", "mse"), "must be cosine or mse"))
+    hidden_layer_map: list | None = _p(None, "[student layer, teacher layer] pairs; null maps "
+                                       "each pruned layer to its teacher layer")
+    lmbda: float = _p(0.0, "on-policy fraction: chance a batch is the student's own "
+                      "completions, scored by the teacher (GKD)",
+                      (lambda v: 0 <= v <= 1, "must be in [0, 1]"))
+    on_policy_max_new_tokens: int = _p(64, "longest on-policy completion", positive)
+    on_policy_temperature: float = _p(1.0, "sampling temperature of on-policy completions",
+                                      positive)
     epochs: int = _p(1, "passes over the training samples", positive)
     max_steps: int | None = _p(None, "stop after this many optimizer steps (null: epochs decide)",
                                optional_positive)
@@ -248,6 +260,15 @@ def _check_across_sections(params: Params, source: str) -> None:
     if training.ce_weight == 0 and training.kd_weight == 0:
         raise ParamsError(f"{source}: student_training: ce_weight and kd_weight are both 0; "
                           "set at least one above 0")
+    if training.lmbda > 0 and training.kd_weight == 0:
+        raise ParamsError(f"{source}: student_training.lmbda: on-policy batches are scored by "
+                          "the teacher's distribution; set kd_weight above 0")
+    pairs = training.hidden_layer_map
+    if pairs is not None and not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p)
+            for p in pairs):
+        raise ParamsError(f"{source}: student_training.hidden_layer_map: expected a list of "
+                          f"[student layer, teacher layer] pairs, got {pairs!r}")
     layers = training.student_layers
     if layers is not None:
         if not layers or not all(isinstance(i, int) and i >= 0 for i in layers):

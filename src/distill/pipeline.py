@@ -94,3 +94,21 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     print(f"Done: {run_dir / MANIFEST}")
     return run_dir
+
+
+def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
+    """Run every variant of a sweep file (see distill.compare); the first variant
+    samples the teacher, the others reuse its samples and run from stage 02."""
+    from .compare import load_sweep, share_samples
+
+    base, variants = load_sweep(path)
+    run_dirs: list[Path] = []
+    for name, variant_overrides in variants.items():
+        print(f"==== variant {name}")
+        if not run_dirs:
+            run_dirs.append(run_pipeline(base, [*variant_overrides, *overrides]))
+            continue
+        run_dir, _ = prepare_run(base, [*variant_overrides, *overrides])
+        share_samples(run_dirs[0], run_dir)
+        run_dirs.append(run_pipeline(run_dir, from_stage="student_training"))
+    return run_dirs

@@ -60,3 +60,25 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
         axis.tick_params(axis="x", rotation=30)
     figure.tight_layout()
     return save(figure, run_dir, "model_comparison")
+
+
+def run_comparison(table: pd.DataFrame, run_dir=None):
+    """One bar chart per metric of `distill.compare.COLUMNS`, a bar per run."""
+    from .compare import COLUMNS
+
+    metrics = [c for c in COLUMNS if c in table and table[c].notna().any()]
+    columns = 3
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows),
+                                squeeze=False)
+    frame = table.reset_index()
+    # label bars by objective; add the run name where two runs share one
+    repeated = frame["objective"].duplicated(keep=False)
+    frame["label"] = frame["objective"].where(~repeated, frame["objective"] + " · " + frame["run"])
+    for axis, metric in zip(axes.flat, metrics):
+        sns.barplot(frame, y="label", x=metric, hue="label", ax=axis, legend=False)
+        axis.set(title=metric, ylabel="", xlabel="")
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    return save(figure, run_dir, "run_comparison")

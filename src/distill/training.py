@@ -9,6 +9,7 @@ share of every micro-batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import shutil
@@ -20,9 +21,11 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .losses import IGNORE_INDEX, distillation_loss
+from .losses import IGNORE_INDEX, HiddenStateLoss, distillation_loss
 from .measure import peak_memory_mb
+from .models import default_layer_map, layer_outputs
 from .runs import CHECKPOINTS, TRAIN_LOG, atomic_dir, atomic_file
+from .sampling import generate
 
 
 @dataclass
@@ -31,6 +34,11 @@ class Example:
     labels: list[int]  # aligned with logits[:-1]: target of position t, or -100
     topk_ids: list[list[int]]  # one row per completion token
     topk_logprobs: list[list[float]]
+
+    @property
+    def prompt_length(self) -> int:
+        """Tokens before the completion: one more than the leading ignored labels."""
+        return next(i for i, label in enumerate(self.labels) if label != IGNORE_INDEX) + 1
 
 
 def build_examples(samples: pd.DataFrame) -> list[Example]:
@@ -82,30 +90,65 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     return max(found) if found else None
 
 
+def on_policy_examples(student, tokenizer, examples: list[Example], max_new_tokens: int,
+                       temperature: float) -> list[Example]:
+    """The batch's prompts completed by the student itself (sampled at `temperature`):
+    the loss then covers exactly the tokens the student generated, and the teacher
+    scores them online (GKD, Agarwal et al. 2024). No top-k: the teacher is present."""
+    was_training = student.training
+    student.eval()
+    prompts = [e.input_ids[:e.prompt_length] for e in examples]
+    outputs = generate(student, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                       do_sample=True, temperature=temperature)
+    student.train(was_training)
+    return [Example(prompt + out["completion_ids"],
+                    [IGNORE_INDEX] * (len(prompt) - 1) + out["completion_ids"],
+                    [[] for _ in out["completion_ids"]], [[] for _ in out["completion_ids"]])
+            for prompt, out in zip(prompts, outputs)]
+
+
 def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed: int,
           epochs: int, max_steps: int | None, batch_size: int, grad_accum: int, lr: float,
           warmup_steps: int, weight_decay: float, max_grad_norm: float, mixed_precision: str,
           checkpoint_every: int, ce_weight: float, kd_weight: float, temperature: float,
           kd_loss: str = "forward_kl", kd_beta: float = 0.5, kd_alpha: float = 0.1,
-          teacher=None) -> pd.DataFrame:
-    """Distil into `student` from `examples` (top-k teacher signal), or from `teacher`'s
-    full logits when given. Resumes from the last checkpoint in the run folder.
-    Returns the training log (one row per optimizer step); the model is trained in place."""
+          kd_source: str = "topk", hidden_weight: float = 0.0, hidden_loss: str = "cosine",
+          hidden_layer_map: list | None = None, lmbda: float = 0.0,
+          on_policy_max_new_tokens: int = 64, on_policy_temperature: float = 1.0,
+          teacher=None, tokenizer=None) -> pd.DataFrame:
+    """Distil into `student` from `examples`. The teacher signal is the cached top-k
+    (kd_source='topk') or `teacher`'s full logits ('online'); with hidden_weight > 0
+    hidden states are matched too, and with lmbda > 0 each micro-batch is, with
+    probability lmbda, replaced by the student's own completions scored by the teacher
+    (both need `teacher`; on-policy also `tokenizer`). Resumes from the last checkpoint
+    in the run folder. Returns the log (one row per optimizer step); trains in place."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from transformers import get_cosine_schedule_with_warmup
 
+    if teacher is None and (kd_source == "online" or hidden_weight or lmbda):
+        raise ValueError("kd_source='online', hidden_weight > 0 and lmbda > 0 need the teacher")
     # Accelerate's state is a process-wide singleton; reset it so a second call
     # (a benchmark, a test, a re-run cell) may choose another mixed precision.
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
+    objective = {"ce_weight": ce_weight, "kd_weight": kd_weight, "temperature": temperature,
+                 "kd_loss": kd_loss, "kd_beta": kd_beta, "kd_alpha": kd_alpha}
+    hidden = None
+    if hidden_weight:
+        pairs = hidden_layer_map or default_layer_map(student, teacher)
+        hidden = HiddenStateLoss(pairs, student.config.hidden_size, teacher.config.hidden_size,
+                                 hidden_loss)
     micro_per_epoch = math.ceil(len(examples) / batch_size)
     total_steps = max_steps or math.ceil(epochs * micro_per_epoch / grad_accum)
-    optimizer = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=weight_decay)
+    trained = list(student.parameters()) + (list(hidden.parameters()) if hidden else [])
+    optimizer = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(warmup_steps, total_steps),
                                                 total_steps)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
+    if hidden is not None:
+        hidden = accelerator.prepare_model(hidden)
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
 
@@ -129,29 +172,36 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
                     desc="training", unit="step", disable=not accelerator.is_main_process)
     order_cache: dict[int, list[list[int]]] = {}
     for step in progress:
-        started, tokens, parts_sum = time.perf_counter(), 0, {}
+        started, tokens, on_policy, parts_sum = time.perf_counter(), 0, 0, {}
         for micro in range(grad_accum):
             epoch, index = divmod(step * grad_accum + micro, micro_per_epoch)
             if epoch not in order_cache:
                 order_cache = {epoch: epoch_batches(len(examples), batch_size, seed, epoch)}
             ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
-            batch = {k: v.to(accelerator.device)
-                     for k, v in collate([examples[i] for i in ids], pad_id).items()}
-            parts = _loss(student, teacher, batch, ce_weight=ce_weight, kd_weight=kd_weight,
-                          temperature=temperature, kd_loss=kd_loss, kd_beta=kd_beta,
-                          kd_alpha=kd_alpha)
+            chosen = [examples[i] for i in ids]
+            # a coin per micro-batch from its own seed: the same on resume
+            coin = torch.rand(1, generator=torch.Generator().manual_seed(
+                seed * 1_000_003 + step * grad_accum + micro)).item()
+            if coin < lmbda:
+                chosen = on_policy_examples(accelerator.unwrap_model(student), tokenizer, chosen,
+                                            on_policy_max_new_tokens, on_policy_temperature)
+                on_policy += 1
+            batch = {k: v.to(accelerator.device) for k, v in collate(chosen, pad_id).items()}
+            parts = _loss(student, teacher, batch, hidden, hidden_weight,
+                          teacher_logits=kd_source == "online" or coin < lmbda, **objective)
             accelerator.backward(parts["loss"] / grad_accum)
             tokens += int((batch["labels"] != IGNORE_INDEX).sum())
             for name, value in parts.items():
                 parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / grad_accum
-        grad_norm = accelerator.clip_grad_norm_(student.parameters(), max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(trained, max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad()
         seconds = time.perf_counter() - started
         log.append({"step": step + 1, "epoch": (step + 1) * grad_accum / micro_per_epoch,
                     "lr": scheduler.get_last_lr()[0], **parts_sum,
-                    "grad_norm": float(grad_norm), "tokens": tokens, "seconds": seconds,
+                    "grad_norm": float(grad_norm), "on_policy_batches": on_policy,
+                    "tokens": tokens, "seconds": seconds,
                     "tokens_per_second": tokens / seconds, "peak_memory_mb": peak_memory_mb()})
         progress.set_postfix(loss=f"{parts_sum['loss']:.4f}")
         if (step + 1) % checkpoint_every == 0 or step + 1 == total_steps:
@@ -161,22 +211,39 @@ def train(student, examples: list[Example], run_dir: Path, *, pad_id: int, seed:
     return pd.DataFrame(log)
 
 
-def _loss(student, teacher, batch, **objective):
+def _capture(model, hidden, side: int):
+    """Capture the decoder-layer outputs that `hidden` compares (nothing without it)."""
+    if hidden is None:
+        return contextlib.nullcontext({})
+    module = getattr(hidden, "module", hidden)
+    return layer_outputs(getattr(model, "module", model), [pair[side] for pair in module.pairs])
+
+
+def _loss(student, teacher, batch, hidden, hidden_weight, *, teacher_logits: bool, **objective):
+    """The training loss of one micro-batch and its parts."""
     inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
     # Only completion positions carry a loss. Projecting just the positions from the
     # batch's first completion token onwards through the LM head (`logits_to_keep`)
     # skips most prompt positions: that head is a third of this model's compute.
     start = int((batch["labels"] != IGNORE_INDEX).float().argmax(-1).min())
     keep = batch["input_ids"].shape[1] - start
-    student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
-    teacher_logits = None
-    if teacher is not None and objective["kd_weight"]:
-        with torch.no_grad():
-            teacher_logits = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
-    return distillation_loss(student_logits, batch["labels"][:, start:], **objective,
-                             teacher_logits=teacher_logits,
-                             topk_ids=batch["topk_ids"][:, start:],
-                             topk_logprobs=batch["topk_logprobs"][:, start:])
+    with _capture(student, hidden, 0) as student_hidden:
+        student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
+    teacher_output, teacher_hidden = None, {}
+    if teacher is not None and (teacher_logits or hidden is not None):
+        with torch.no_grad(), _capture(teacher, hidden, 1) as teacher_hidden:
+            teacher_output = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
+    parts = distillation_loss(
+        student_logits, batch["labels"][:, start:], **objective,
+        teacher_logits=teacher_output if teacher_logits else None,
+        topk_ids=batch["topk_ids"][:, start:], topk_logprobs=batch["topk_logprobs"][:, start:])
+    if hidden is not None:
+        # hidden states at input positions 0..L-2 line up with labels (next tokens)
+        kept = batch["labels"] != IGNORE_INDEX
+        parts["hidden"] = hidden({k: v[:, :-1] for k, v in student_hidden.items()},
+                                 {k: v[:, :-1] for k, v in teacher_hidden.items()}, kept)
+        parts["loss"] = parts["loss"] + hidden_weight * parts["hidden"]
+    return parts
 
 
 def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
