@@ -121,9 +121,9 @@ def test_the_objectives_sweep_loads_and_validates(tmp_path):
     assert base.is_file()
     assert len(variants) >= 7
     bad = tmp_path / "bad.yaml"
-    bad.write_text(f"base: {base}\nvariants:\n  a:\n    teacher_sampling:\n      top_k_logprobs: 5\n")
+    bad.write_text(f"base: {base}\nvariants:\n  a:\n    teacher_sampling: {{top_k_logprobs: 5}}\n")
     with pytest.raises(ParamsError, match="shared|share"):
         compare.load_sweep(bad)
-    bad.write_text(f"base: {base}\nvariants:\n  a:\n    student_training:\n      lr: -1\n")
+    bad.write_text(f"base: {base}\nvariants:\n  a:\n    student_training: {{lr: -1}}\n")
     with pytest.raises(ParamsError, match="student_training.lr"):
         compare.load_sweep(bad)

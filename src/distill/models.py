@@ -18,7 +18,6 @@ import contextlib
 import copy
 import importlib.util
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +239,3 @@ def save_model(model, tokenizer, folder: str | Path) -> Path:
 
 def folder_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
-
-
-def remove(folder: str | Path) -> None:
-    shutil.rmtree(folder, ignore_errors=True)

@@ -287,5 +287,6 @@ def describe() -> str:
         lines.append(f"{name}:")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            lines.append(f"  {f.name}: {default!r:<24} # {f.metadata['help']}")
+            value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
+            lines.append(f"  {f.name + ':':<26}{value.strip():<24} # {f.metadata['help']}")
     return "\n".join(lines)
