@@ -39,7 +39,8 @@ def training_curves(log: pd.DataFrame, run_dir=None):
     sns.lineplot(long, x="step", y="value", hue="term", ax=left)
     left.set(title="Training loss", ylabel="loss")
     sns.lineplot(log, x="step", y="lr", ax=right)
-    right.set(title="Learning rate", ylabel="lr")
+    right.set(title="Learning rate", ylabel="")
+    figure.tight_layout()
     return save(figure, run_dir, "training_curves")
 
 
@@ -48,7 +49,7 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
     metrics = {"heldout_kl": "KL(teacher || model), lower is better",
                "top1_agreement": "top-1 agreement with teacher",
                "rouge_l_vs_teacher": "ROUGE-L vs teacher answer",
-               "perplexity": "corpus perplexity, lower is better",
+               "perplexity": "corpus perplexity (log scale), lower is better",
                "generation_tokens_per_second": "generation tokens/s",
                "parameters_m": "parameters (millions)"}
     metrics = {k: v for k, v in metrics.items() if k in table and table[k].notna().any()}
@@ -57,6 +58,8 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
     for axis, (metric, title) in zip(axes, metrics.items()):
         sns.barplot(frame, x="model", y=metric, hue="model", ax=axis, legend=False)
         axis.set(title=title, xlabel="", ylabel="")
+        if metric == "perplexity":  # a broken student is orders of magnitude off
+            axis.set_yscale("log")
         axis.tick_params(axis="x", rotation=30)
     figure.tight_layout()
     return save(figure, run_dir, "model_comparison")
