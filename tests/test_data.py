@@ -202,3 +202,16 @@ def test_rouge_l_offline(monkeypatch):
     assert scores["rouge_l_vs_teacher"] == pytest.approx((1.0 + 0.4) / 2)  # P=1/4, R=1: F=0.4
     assert scores["graded_prompts"] == 1
     assert scores["exact_match"] == 1.0 and scores["reference_in_answer"] == 1.0
+
+
+def test_parquet_with_missing_references_and_ids_gives_none_not_nan(tmp_path):
+    import pandas as pd
+
+    from distill.data import load_prompts
+
+    path = tmp_path / "prompts.parquet"
+    pd.DataFrame({"prompt": ["a?", "b?"], "reference": ["1", None],
+                  "id": ["x", None]}).to_parquet(path)
+    prompts = load_prompts(str(path))
+    assert [p["reference"] for p in prompts] == ["1", None]
+    assert [p["prompt_id"] for p in prompts] == ["x", "row-000002"]

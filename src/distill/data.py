@@ -96,13 +96,17 @@ def _to_prompt(row: dict, number: int, where: str, prompt_field: str,
                           "{role, content} objects")
     if system_prompt is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    reference = row.get("reference")
-    return {
-        "prompt_id": str(row.get("id") or row.get("prompt_id") or f"row-{number:06d}"),
-        "kind": str(row.get("kind") or "unknown"),
-        "messages": messages,
-        "reference": None if reference in (None, "") else str(reference),
-    }
+    prompt_id = _value(row, "id") or _value(row, "prompt_id") or f"row-{number:06d}"
+    return {"prompt_id": str(prompt_id), "kind": str(_value(row, "kind") or "unknown"),
+            "messages": messages, "reference": _value(row, "reference")}
+
+
+def _value(row: dict, key: str) -> str | None:
+    """row[key] as text, or None when missing, empty or NaN (pandas' empty cell)."""
+    value = row.get(key)
+    if value is None or value == "" or (isinstance(value, float) and value != value):
+        return None
+    return str(value)
 
 
 def split_prompts(prompts: list[dict], heldout_size: int, seed: int,
