@@ -60,7 +60,7 @@ def test_hidden_state_projection_trains_and_the_loss_falls():
     teacher = {1: student[0] @ mapping, 3: student[1] @ mapping}
     keep = torch.ones(2, 5, dtype=torch.bool)
     optimizer = torch.optim.Adam(loss.parameters(), lr=0.05)
-    first = float(loss(student, teacher, keep))
+    first = float(loss(student, teacher, keep).detach())
     for _ in range(100):
         optimizer.zero_grad()
         value = loss(student, teacher, keep)
@@ -127,3 +127,49 @@ def test_the_objectives_sweep_loads_and_validates(tmp_path):
     bad.write_text(f"base: {base}\nvariants:\n  a:\n    student_training: {{lr: -1}}\n")
     with pytest.raises(ParamsError, match="student_training.lr"):
         compare.load_sweep(bad)
+
+
+def _fake_run(folder: Path, kd_loss: str, kl: float) -> Path:
+    """A finished run folder with just what `compare` reads."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    folder.mkdir(parents=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump(
+        {"student_training": {"ce_weight": 0.0, "kd_weight": 1.0, "kd_loss": kd_loss,
+                              "kd_source": "topk"}}))
+    (folder / "metrics.json").write_text(json.dumps(
+        {"models": {"student": {"heldout_kl": kl, "top1_agreement": 0.5}}}))
+    pd.DataFrame({"tokens": [100, 300], "seconds": [1.0, 3.0],
+                  "peak_memory_mb": [900.0, 1000.0]}).to_csv(folder / "train_log.csv")
+    (folder / "manifest.json").write_text(json.dumps(
+        {"stages": {"student_training": {"seconds": 4.0}, "evaluation": {"seconds": 2.0}}}))
+    return folder
+
+
+def test_compare_runs_lines_up_students(tmp_path):
+    runs = [_fake_run(tmp_path / "a", "forward_kl", 2.0),
+            _fake_run(tmp_path / "b", "reverse_kl", 3.0)]
+    table = compare.compare_runs(runs)
+    assert table.index.tolist() == ["a", "b"]
+    assert table["objective"].tolist() == ["forward_kl (topk)", "reverse_kl (topk)"]
+    assert table["heldout_kl"].tolist() == [2.0, 3.0]
+    assert table["train_tokens_per_second"].tolist() == [100.0, 100.0]
+    assert table["train_peak_memory_mb"].tolist() == [1000.0, 1000.0]
+    assert table["wall_seconds"].tolist() == [6.0, 6.0]
+    with pytest.raises(FileNotFoundError, match="03_evaluation"):
+        compare.summarize_run(tmp_path)
+
+
+def test_share_samples_links_the_shards(tmp_path):
+    source, target = tmp_path / "source", tmp_path / "target"
+    (source / "samples").mkdir(parents=True)
+    (source / "samples" / "part-00000.parquet").write_bytes(b"shard")
+    (source / "sampling_stats.json").write_text("{}")
+    compare.share_samples(source, target)
+    shared = target / "samples" / "part-00000.parquet"
+    assert shared.read_bytes() == b"shard"
+    assert shared.stat().st_ino == (source / "samples" / "part-00000.parquet").stat().st_ino
+    assert (target / "sampling_stats.json").exists()
