@@ -208,3 +208,12 @@ def test_online_teacher_identical_to_student_gives_zero_kd(tmp_path, tiny_model_
     log = training.train(student, examples, tmp_path, teacher=teacher, kd_source="online",
                          **_settings(max_steps=1, checkpoint_every=10))
     assert log["kd"].iloc[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_examples_from_parquet_hold_python_numbers(tmp_path):
+    """Parquet hands back numpy arrays; tokenizers (on-policy generation) need ints."""
+    path = tmp_path / "samples.parquet"
+    _samples(n=3).to_parquet(path)
+    example = training.build_examples(pd.read_parquet(path))[0]
+    assert all(type(t) is int for t in example.input_ids + example.labels)
+    assert type(example.topk_ids[0][0]) is int and type(example.topk_logprobs[0][0]) is float

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -46,13 +47,14 @@ def build_examples(samples: pd.DataFrame) -> list[Example]:
     completion only. Rows with an empty completion carry no signal and are dropped."""
     examples = []
     for row in samples.itertuples():
-        prompt, completion = list(row.prompt_ids), list(row.completion_ids)
+        # Parquet gives numpy arrays; .tolist() makes the Python ints tokenizers expect
+        prompt, completion = np.asarray(row.prompt_ids).tolist(), \
+            np.asarray(row.completion_ids).tolist()
         if not completion:
             continue
         labels = [IGNORE_INDEX] * (len(prompt) - 1) + completion
-        examples.append(Example(prompt + completion, labels,
-                                [list(t) for t in row.topk_ids],
-                                [list(t) for t in row.topk_logprobs]))
+        examples.append(Example(prompt + completion, labels, np.stack(row.topk_ids).tolist(),
+                                np.stack(row.topk_logprobs).tolist()))
     if not examples:
         raise ValueError("no training examples: every teacher completion is empty")
     return examples
