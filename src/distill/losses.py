@@ -66,10 +66,13 @@ def topk_buckets(student_logits, topk_ids, topk_logprobs, temperature: float = 1
     the tail (everything else). Shapes (..., k + 1)."""
     teacher_top = topk_logprobs.float()
     # Tail mass 1 - sum p_top. Summing k float32 probabilities is off by up to
-    # ~k * eps, so a smaller tail is rounding noise, not mass: make it exactly 0.
+    # ~k * eps, so a tail that small is not known to be empty, only below rounding:
+    # floor it there. Only when the top-k covers the whole vocabulary is it exactly 0.
+    # (A zero tail against a student tail > 0 makes reverse KL infinite.)
+    k, vocab = teacher_top.shape[-1], student_logits.shape[-1]
     tail_mass = 1 - teacher_top.exp().sum(-1, keepdim=True)
-    noise = teacher_top.shape[-1] * torch.finfo(torch.float32).eps
-    teacher_tail = torch.log(torch.where(tail_mass > noise, tail_mass, 0.0))
+    teacher_tail = torch.log(tail_mass.clamp_min(k * torch.finfo(torch.float32).eps)) \
+        if k < vocab else torch.full_like(tail_mass, -torch.inf)
     teacher = torch.cat([teacher_top, teacher_tail], dim=-1)
     if temperature != 1.0:
         teacher = F.log_softmax(teacher / temperature, dim=-1)
