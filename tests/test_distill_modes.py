@@ -114,6 +114,9 @@ def test_objective_labels():
     assert compare.describe_objective(
         {"ce_weight": 0.0, "kd_weight": 1.0, "kd_loss": "generalized_jsd", "kd_beta": 0.5,
          "kd_source": "online"}) == "generalized_jsd(0.5) (online)"
+    assert compare.describe_objective(
+        {"kd_weight": 1.0, "kd_loss": "forward_kl", "hidden_weight": 1.0, "hidden_loss": "cosine",
+         "lmbda": 0.5}) == "forward_kl (topk) + 1 hidden (cosine), on-policy 0.5"
 
 
 def test_the_objectives_sweep_loads_and_validates(tmp_path):

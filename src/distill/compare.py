@@ -71,7 +71,10 @@ def describe_objective(training: dict) -> str:
         if option:
             name += f"({training[option]:g})"
         parts.append(f"{name} ({training.get('kd_source', 'topk')})")
-    return " + ".join(parts)
+    if training.get("hidden_weight"):
+        parts.append(f"{training['hidden_weight']:g} hidden ({training.get('hidden_loss')})")
+    label = " + ".join(parts)
+    return f"{label}, on-policy {training['lmbda']:g}" if training.get("lmbda") else label
 
 
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
