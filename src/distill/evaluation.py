@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -99,12 +100,18 @@ def reference_in_answer(answer: str, reference: str) -> bool:
     return re.search(rf"\b{re.escape(normalize(reference))}\b", normalize(answer)) is not None
 
 
-def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
-    """ROUGE-L F-measure per pair, through `evaluate` with the shipped local module."""
+@functools.cache
+def _rouge_metric():
+    """The shipped local ROUGE-L module, loaded once per process (not once per model)."""
     import evaluate
 
-    metric = evaluate.load(str(builtin_path("rouge_l")))
-    return metric.compute(predictions=predictions, references=references)["rougeL_per_pair"]
+    return evaluate.load(str(builtin_path("rouge_l")))
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure per pair, through `evaluate` with the shipped local module."""
+    return _rouge_metric().compute(predictions=predictions,
+                                   references=references)["rougeL_per_pair"]
 
 
 def answer_scores(answers: list[str], teacher_answers: list[str],
