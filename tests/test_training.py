@@ -60,6 +60,31 @@ def test_build_examples_rejects_only_empty_completions():
         training.build_examples(_samples(n=0, empty_rows=2))
 
 
+def _text_only(samples):
+    """The same samples as a teacher without log-probs gives them (text only)."""
+    return samples.assign(topk_ids=[[] for _ in samples.index],
+                          topk_logprobs=[[] for _ in samples.index])
+
+
+def test_text_only_samples_train_sequence_level_and_mix_in_a_batch():
+    mixed = pd.concat([_samples(n=2), _text_only(_samples(n=2, seed=1))], ignore_index=True)
+    examples = training.build_examples(mixed)
+    assert len(examples) == 4
+    batch = training.collate(examples, pad_id=0)
+    assert batch["topk_ids"].shape[-1] == K
+    assert (batch["topk_logprobs"][2:] == 0).all()  # nothing invented for text-only rows
+    assert (batch["topk_logprobs"][:2] != 0).any()
+    assert training.collate(examples[2:], pad_id=0)["topk_ids"].shape[-1] == 0
+
+
+def test_token_level_kd_needs_top_k(capsys):
+    with pytest.raises(ValueError, match="no top-k log-probs.*kd_weight=0"):
+        training.build_examples(_text_only(_samples(n=3)), need_topk=True)
+    mixed = pd.concat([_samples(n=2), _text_only(_samples(n=3, seed=1))], ignore_index=True)
+    assert len(training.build_examples(mixed, need_topk=True)) == 2
+    assert "3 samples without top-k log-probs skipped" in capsys.readouterr().out
+
+
 def test_collate_pads_and_places_topk_at_completion_targets():
     examples = training.build_examples(_samples(n=3))
     pad = 0
@@ -217,3 +242,11 @@ def test_examples_from_parquet_hold_python_numbers(tmp_path):
     example = training.build_examples(pd.read_parquet(path))[0]
     assert all(type(t) is int for t in example.input_ids + example.labels)
     assert type(example.topk_ids[0][0]) is int and type(example.topk_logprobs[0][0]) is float
+
+
+def test_sequence_level_training_on_text_only_samples(tmp_path, tiny_model_factory):
+    examples = training.build_examples(_text_only(_samples(n=8)))
+    log = training.train(tiny_model_factory(seed=1), examples, tmp_path,
+                         **_settings(max_steps=12, ce_weight=1.0, kd_weight=0.0, lr=1e-2))
+    assert log["loss"].notna().all()
+    assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()

@@ -53,12 +53,13 @@ def stop_token_ids(model, tokenizer) -> list[int]:
 @torch.inference_mode()
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             top_k_logprobs: int = 0) -> list[dict]:
+             top_k_logprobs: int = 0, token_logprobs: bool = False) -> list[dict]:
     """Generate for one batch of tokenized prompts (left-padded together).
 
     Returns one dict per prompt: `completion_ids` (up to and including the stop
     token), `finish_reason` ('stop' or 'length') and, when top_k_logprobs > 0,
-    `topk_ids` / `topk_logprobs` per completion token from the raw logits.
+    `topk_ids` / `topk_logprobs` per completion token from the raw logits; with
+    `token_logprobs`, also `token_logprobs`: the raw log-prob of each chosen token.
     """
     stops = stop_token_ids(model, tokenizer)
     batch = tokenizer.pad({"input_ids": prompt_ids}, padding=True, return_tensors="pt")
@@ -68,14 +69,22 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
         input_ids=batch["input_ids"].to(model.device),
         attention_mask=batch["attention_mask"].to(model.device),
         max_new_tokens=max_new_tokens, eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
-        output_logits=top_k_logprobs > 0, return_dict_in_generate=True, **sampling)
+        output_logits=bool(top_k_logprobs or token_logprobs), return_dict_in_generate=True,
+        **sampling)
     new_tokens = output.sequences[:, batch["input_ids"].shape[1]:].cpu()
-    if top_k_logprobs:
-        # (steps, batch, vocab) raw logits -> per step top-k of log_softmax
-        top = [torch.log_softmax(step.float(), dim=-1).topk(top_k_logprobs, dim=-1)
-               for step in output.logits]
-        topk_logprobs = torch.stack([t.values for t in top], dim=1).cpu()
-        topk_ids = torch.stack([t.indices for t in top], dim=1).cpu()
+    if top_k_logprobs or token_logprobs:
+        # (steps, batch, vocab) raw logits -> per step log_softmax, reduced at once
+        # so the (steps, batch, vocab) log-probs never exist together
+        top, chosen = [], []
+        for step, logits in enumerate(output.logits):
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            chosen.append(logprobs.gather(-1, new_tokens[:, step:step + 1]).squeeze(-1))
+            if top_k_logprobs:
+                top.append(logprobs.topk(top_k_logprobs, dim=-1))
+        chosen_logprobs = torch.stack(chosen, dim=1)
+        if top_k_logprobs:
+            topk_logprobs = torch.stack([t.values for t in top], dim=1)
+            topk_ids = torch.stack([t.indices for t in top], dim=1)
     results = []
     for row, tokens in enumerate(new_tokens.tolist()):
         stop_at = next((i for i, t in enumerate(tokens) if t in stops), None)
@@ -85,6 +94,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
         if top_k_logprobs:
             result["topk_ids"] = topk_ids[row, :length].tolist()
             result["topk_logprobs"] = topk_logprobs[row, :length].tolist()
+        if token_logprobs:
+            result["token_logprobs"] = chosen_logprobs[row, :length].tolist()
         results.append(result)
     return results
 
@@ -114,55 +125,88 @@ def shard_path(run_dir: Path, index: int) -> Path:
 
 def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run_dir: Path,
                    seed: int, shard_size: int, batch_size: int, **settings) -> dict:
-    """Sample completions for held-out then training prompts into Parquet shards.
+    """Sample completions from a local model for held-out then training prompts into
+    Parquet shards (see `sample_shards`). Returns the stats of `sample_shards`."""
+    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
+        torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
+        prompt_ids = [encode_chat(tokenizer, p["messages"]) for p, _ in shard]
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
+        return [make_row(p, split, ids, out["completion_ids"],
+                         tokenizer.decode(out["completion_ids"], skip_special_tokens=True),
+                         out.get("topk_ids", []), out.get("topk_logprobs", []),
+                         out["finish_reason"])
+                for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
-    Shards already on disk with the same settings are kept (resume); a shard
-    written under other settings is an error rather than a silent mix.
-    Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written', 'shards_skipped'}.
+    fingerprint = {"seed": seed, "shard_size": shard_size, **settings}
+    return sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard)
+
+
+def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_size: int,
+                  fingerprint: dict, sample_shard) -> dict:
+    """The shard loop of every backend: held-out then training prompts, `shard_size`
+    per Parquet shard, each written atomically.
+
+    `sample_shard(index, [(prompt, split), ...], progress)` returns one row per
+    prompt (see `make_row`), or None for a prompt that failed for good: the shard is
+    written without it and records it as missing. A re-run keeps complete shards
+    with the same settings, redoes shards with missing prompts, and refuses shards
+    written under other settings rather than mixing them.
+    Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written',
+    'shards_skipped', 'failed_prompts'}.
     """
     prompts = [(p, "heldout") for p in heldout] + [(p, "train") for p in train]
-    fingerprint = json.dumps({"seed": seed, "shard_size": shard_size, **settings}, sort_keys=True)
+    settings = json.dumps(fingerprint, sort_keys=True)
     shards = [prompts[i:i + shard_size] for i in range(0, len(prompts), shard_size)]
-    stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0}
+    stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
+             "failed_prompts": []}
     progress = tqdm(total=len(prompts), desc="teacher sampling", unit="prompt")
     for index, shard in enumerate(shards):
         path = shard_path(run_dir, index)
         if path.exists():
-            _check_fingerprint(path, fingerprint)
-            stats["shards_skipped"] += 1
-            progress.update(len(shard))
-            continue
-        torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
-        prompt_ids = [encode_chat(tokenizer, p["messages"]) for p, _ in shard]
+            _check_fingerprint(path, settings)
+            if not missing_prompts(path):
+                stats["shards_skipped"] += 1
+                progress.update(len(shard))
+                continue
         start = time.perf_counter()
-        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
+        rows = sample_shard(index, shard, progress)
         stats["seconds"] += time.perf_counter() - start
-        stats["tokens"] += sum(len(o["completion_ids"]) for o in outputs)
-        rows = [_row(p, split, ids, out, tokenizer)
-                for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
-        _write_shard(path, rows, fingerprint)
+        done = [row for row in rows if row is not None]
+        missing = [p["prompt_id"] for (p, _), row in zip(shard, rows) if row is None]
+        stats["tokens"] += sum(len(row["completion_ids"]) for row in done)
+        stats["failed_prompts"] += missing
+        _write_shard(path, done, settings, missing)
         stats["shards_written"] += 1
     progress.close()
     stats["tokens_per_second"] = stats["tokens"] / stats["seconds"] if stats["seconds"] else None
     return stats
 
 
-def _row(prompt: dict, split: str, prompt_ids: list[int], output: dict, tokenizer) -> dict:
+def make_row(prompt: dict, split: str, prompt_ids: list[int], completion_ids: list[int],
+             completion: str, topk_ids: list, topk_logprobs: list, finish_reason: str) -> dict:
+    """One sample in SAMPLE_SCHEMA. `topk_*` hold one row per completion token, or are
+    empty when the teacher gave no log-probs (text only: sequence-level KD)."""
     return {
         "prompt_id": prompt["prompt_id"], "kind": prompt["kind"], "split": split,
         "messages": json.dumps(prompt["messages"]), "prompt_ids": prompt_ids,
-        "completion_ids": output["completion_ids"],
-        "completion": tokenizer.decode(output["completion_ids"], skip_special_tokens=True),
-        "topk_ids": output["topk_ids"], "topk_logprobs": output["topk_logprobs"],
-        "finish_reason": output["finish_reason"], "reference": prompt["reference"],
+        "completion_ids": completion_ids, "completion": completion,
+        "topk_ids": topk_ids, "topk_logprobs": topk_logprobs,
+        "finish_reason": finish_reason, "reference": prompt["reference"],
     }
 
 
-def _write_shard(path: Path, rows: list[dict], fingerprint: str) -> None:
+def _write_shard(path: Path, rows: list[dict], fingerprint: str, missing: list[str]) -> None:
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA).replace_schema_metadata(
-        {"distill.schema_version": SCHEMA_VERSION, "distill.settings": fingerprint})
+        {"distill.schema_version": SCHEMA_VERSION, "distill.settings": fingerprint,
+         "distill.missing": json.dumps(missing)})
     with atomic_file(path, "wb") as handle:
         pq.write_table(table, handle)
+
+
+def missing_prompts(path: Path) -> list[str]:
+    """Prompt ids a shard lacks because their requests failed for good."""
+    metadata = pq.read_schema(path).metadata or {}
+    return json.loads(metadata.get(b"distill.missing", b"[]"))
 
 
 def _check_fingerprint(path: Path, fingerprint: str) -> None:

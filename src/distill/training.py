@@ -42,19 +42,38 @@ class Example:
         return next(i for i, label in enumerate(self.labels) if label != IGNORE_INDEX) + 1
 
 
-def build_examples(samples: pd.DataFrame) -> list[Example]:
+def build_examples(samples: pd.DataFrame, need_topk: bool = False) -> list[Example]:
     """Training sequences from teacher samples: prompt + completion, loss on the
-    completion only. Rows with an empty completion carry no signal and are dropped."""
-    examples = []
+    completion only. Rows with an empty completion carry no signal and are dropped.
+
+    Samples without top-k log-probs (a text-only API teacher, top_k_logprobs 0)
+    serve sequence-level KD and online KD. With `need_topk` (offline token-level KD)
+    they are dropped, and having none with top-k is an error that says what to do."""
+    examples, without_topk = [], 0
     for row in samples.itertuples():
         # Parquet gives numpy arrays; .tolist() makes the Python ints tokenizers expect
         prompt, completion = np.asarray(row.prompt_ids).tolist(), \
             np.asarray(row.completion_ids).tolist()
         if not completion:
             continue
+        if len(row.topk_ids) == 0:
+            without_topk += 1
+            if need_topk:
+                continue
+            topk_ids, topk_logprobs = [[] for _ in completion], [[] for _ in completion]
+        else:
+            topk_ids, topk_logprobs = np.stack(row.topk_ids).tolist(), \
+                np.stack(row.topk_logprobs).tolist()
         labels = [IGNORE_INDEX] * (len(prompt) - 1) + completion
-        examples.append(Example(prompt + completion, labels, np.stack(row.topk_ids).tolist(),
-                                np.stack(row.topk_logprobs).tolist()))
+        examples.append(Example(prompt + completion, labels, topk_ids, topk_logprobs))
+    if need_topk and without_topk:
+        if not examples:
+            raise ValueError(
+                "the teacher samples carry no top-k log-probs (text only: an API without "
+                "logprobs, another tokenizer, or top_k_logprobs 0), which offline token-level "
+                "KD needs. Train sequence-level instead (student_training.kd_weight=0, "
+                "ce_weight=1), or use kd_source=online with a local teacher.")
+        print(f"{without_topk} samples without top-k log-probs skipped (token-level KD)")
     if not examples:
         raise ValueError("no training examples: every teacher completion is empty")
     return examples
@@ -62,9 +81,10 @@ def build_examples(samples: pd.DataFrame) -> list[Example]:
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch. `topk_*` hold the teacher's top-k at every target position
-    (zeros where labels are -100; the losses never read those)."""
+    (zeros where labels are -100 or the sample has no top-k; the losses never read
+    those)."""
     length = max(len(e.input_ids) for e in examples)
-    k = len(examples[0].topk_ids[0])
+    k = max(len(e.topk_ids[0]) for e in examples)
     batch = {"input_ids": torch.full((len(examples), length), pad_id),
              "attention_mask": torch.zeros(len(examples), length, dtype=torch.long),
              "labels": torch.full((len(examples), length - 1), IGNORE_INDEX),
@@ -75,9 +95,10 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         batch["input_ids"][row, :n] = torch.tensor(example.input_ids)
         batch["attention_mask"][row, :n] = 1
         batch["labels"][row, :n - 1] = torch.tensor(example.labels)
-        start = n - 1 - len(example.topk_ids)  # first completion target position
-        batch["topk_ids"][row, start:n - 1] = torch.tensor(example.topk_ids)
-        batch["topk_logprobs"][row, start:n - 1] = torch.tensor(example.topk_logprobs)
+        if len(example.topk_ids[0]) == k > 0:
+            start = n - 1 - len(example.topk_ids)  # first completion target position
+            batch["topk_ids"][row, start:n - 1] = torch.tensor(example.topk_ids)
+            batch["topk_logprobs"][row, start:n - 1] = torch.tensor(example.topk_logprobs)
     return batch
 
 
