@@ -1,4 +1,4 @@
-"""`distill` command line: run, models, params."""
+"""`distill` command line: run, sweep, compare, serve, models, params."""
 
 from __future__ import annotations
 
@@ -30,6 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     compare.add_argument("runs", nargs="+", help="run folders")
     compare.add_argument("--csv", help="also write the table to this CSV file")
 
+    serve = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API (FastAPI + uvicorn)")
+    serve.add_argument("model", help="embedded teacher name, Hugging Face id, model folder, or "
+                       "a run folder (serves its distilled student)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on")
+    serve.add_argument("--name", help="model name clients ask for (default: the model argument)")
+    serve.add_argument("--api-key-env", metavar="VAR",
+                       help="require the key held by this environment variable")
+    serve.add_argument("--max-batch-size", type=int,
+                       help="requests generated together (default 8)")
+    serve.add_argument("--batch-wait-ms", type=float,
+                       help="how long the first request waits for others to batch with "
+                       "(default 10)")
+    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
 
@@ -46,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         print(describe())
         return 0
 
+    if args.command == "serve":
+        return _serve(args)
+
+    from .api_teacher import ApiTeacherError
     from .pipeline import StageFailed, run_pipeline, run_sweep
 
     try:
@@ -54,12 +74,34 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
-    except (ParamsError, ValueError, FileNotFoundError) as error:
+    except (ParamsError, ValueError, FileNotFoundError, ApiTeacherError) as error:
         print(f"distill: error: {error}", file=sys.stderr)
         return 2
     except StageFailed as error:
         print(f"distill: {error}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from .models import ModelNotFound
+    from .serve import api_key_from_env, create_app, load_for_serving
+
+    try:
+        api_key = api_key_from_env(args.api_key_env)
+        model, tokenizer, name = load_for_serving(args.model, args.dtype)
+    except (ValueError, ModelNotFound) as error:
+        print(f"distill: error: {error}", file=sys.stderr)
+        return 2
+    name = args.name or name
+    batching = {"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms}
+    app = create_app(model, tokenizer, name, api_key=api_key,
+                     **{key: value for key, value in batching.items() if value is not None})
+    print(f"Serving {name!r} at http://{args.host}:{args.port}/v1 "
+          f"({'key from $' + args.api_key_env if api_key else 'no key required'})")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 
 

@@ -1,0 +1,399 @@
+"""`distill serve`: an OpenAI-compatible HTTP server for any model the suite loads.
+
+    distill serve smollm2-135m-instruct --port 8000     # the embedded teacher
+    distill serve outputs/default-20261129-082630       # a run's distilled student
+
+Endpoints: `GET /v1/models`, `POST /v1/chat/completions` (with `logprobs` and
+`top_logprobs`) and `POST /v1/completions` (with `logprobs`, and `echo` to score
+the prompt: the log-prob of every prompt token given the ones before it).
+
+Log-probs are those of the raw logits (log_softmax before temperature and top-p),
+as vLLM reports them by default and as the local sampling backend records them.
+Requests that arrive together are generated together: a worker thread collects
+them for `batch_wait_ms` and runs compatible ones as one left-padded batch, so
+concurrent clients get the batching speed-up of the local backend. The model is
+only ever touched by that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from .data import encode_chat
+from .sampling import generate, stop_token_ids
+from .vocab import TokenBytes
+
+MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit, kept so clients see the same contract
+
+
+class ApiError(Exception):
+    """An error answered in the OpenAI format: {"error": {message, type, code}}."""
+
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.code = status, message, kind, code
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")  # unknown OpenAI fields are accepted, ignored
+    model: str
+    messages: list[dict]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = None
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+
+
+class CompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str
+    prompt: str | list[int]
+    max_tokens: int | None = 16
+    temperature: float | None = None
+    top_p: float | None = None
+    logprobs: int | None = None
+    echo: bool = False
+    seed: int | None = None
+    n: int = 1
+    stream: bool = False
+
+
+@dataclass
+class Job:
+    """One generation request waiting for the worker."""
+    prompt_ids: list[int]
+    max_new_tokens: int
+    do_sample: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    seed: int | None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+
+    def batch_key(self):
+        # seeded sampling must run alone to be reproducible; greedy ignores the seed
+        alone = self.seed if self.do_sample and self.seed is not None else None
+        return (self.do_sample, self.temperature, self.top_p, alone)
+
+
+class Worker:
+    """The one thread that runs the model: generation jobs batched, other work queued."""
+
+    def __init__(self, model, tokenizer, max_batch_size: int, batch_wait_ms: float):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
+        self.queue: queue.Queue = queue.Queue()
+        self.batch_sizes: collections.Counter = collections.Counter()  # size -> batches run
+        self.thread = threading.Thread(target=self._loop, name="distill-serve-model",
+                                       daemon=True)
+        self.thread.start()
+
+    def submit(self, job) -> concurrent.futures.Future:
+        self.queue.put(job)
+        return job.future
+
+    def call(self, function, *args) -> concurrent.futures.Future:
+        """Run `function(*args)` on the model thread (e.g. scoring a prompt)."""
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self.queue.put((function, args, future))
+        return future
+
+    def _loop(self):
+        while True:
+            pending = [self.queue.get()]
+            deadline = time.monotonic() + self.wait
+            while len(pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+                try:
+                    pending.append(self.queue.get(timeout=left))
+                except queue.Empty:
+                    break
+            groups: dict = {}
+            for item in pending:
+                if isinstance(item, Job):
+                    groups.setdefault(item.batch_key(), []).append(item)
+                else:
+                    function, args, future = item
+                    _settle(future, function, *args)
+            for jobs in groups.values():
+                self._generate(jobs)
+
+    def _generate(self, jobs: list[Job]):
+        self.batch_sizes[len(jobs)] += 1
+        try:
+            if jobs[0].seed is not None:
+                torch.manual_seed(jobs[0].seed)
+            outputs = generate(
+                self.model, self.tokenizer, [j.prompt_ids for j in jobs],
+                max_new_tokens=max(j.max_new_tokens for j in jobs), do_sample=jobs[0].do_sample,
+                temperature=jobs[0].temperature, top_p=jobs[0].top_p,
+                top_k_logprobs=max(j.top_k for j in jobs), token_logprobs=True)
+        except Exception as error:  # every waiting client hears of it
+            for job in jobs:
+                job.future.set_exception(error)
+            return
+        for job, output in zip(jobs, outputs):
+            job.future.set_result(_truncate(output, job.max_new_tokens, job.top_k))
+
+
+def _settle(future, function, *args):
+    try:
+        future.set_result(function(*args))
+    except Exception as error:
+        future.set_exception(error)
+
+
+def _truncate(output: dict, max_new_tokens: int, top_k: int) -> dict:
+    """One job's share of a batch generated to the batch's longest max_new_tokens."""
+    if len(output["completion_ids"]) > max_new_tokens:
+        output = {key: value[:max_new_tokens] if isinstance(value, list) else value
+                  for key, value in output.items()}
+        output["finish_reason"] = "length"
+    if "topk_ids" in output:
+        output["topk_ids"] = [row[:top_k] for row in output["topk_ids"]]
+        output["topk_logprobs"] = [row[:top_k] for row in output["topk_logprobs"]]
+    return output
+
+
+@torch.inference_mode()
+def score_prompt(model, ids: list[int], top_k: int) -> tuple[list[float | None], list]:
+    """Log-prob of every token given the ones before it (None for the first), and the
+    top-k alternatives at each position, from one forward pass."""
+    logits = model(torch.tensor([ids], device=model.device)).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1).cpu()
+    chosen = logprobs.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).tolist()
+    top = logprobs.topk(top_k, dim=-1) if top_k else None
+    alternatives = [list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top else []
+                    for i in range(len(ids) - 1)]
+    return [None, *chosen], [None, *alternatives]
+
+
+def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
+               max_batch_size: int = 8, batch_wait_ms: float = 10.0) -> FastAPI:
+    """The FastAPI app serving `model` as `served_name`. With `api_key`, every request
+    must carry `Authorization: Bearer <api_key>`."""
+    worker = Worker(model, tokenizer, max_batch_size, batch_wait_ms)
+    vocab = TokenBytes(tokenizer)
+    stops = set(stop_token_ids(model, tokenizer))
+    context = getattr(model.config, "max_position_embeddings", None)
+    created = int(time.time())
+    app = FastAPI(title="distill serve", description=f"OpenAI-compatible API for {served_name}")
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, error: ApiError):
+        return JSONResponse(status_code=error.status, content={"error": {
+            "message": error.message, "type": error.kind, "param": None, "code": error.code}})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError):
+        details = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:])}: {e['msg']}"
+                            for e in error.errors())
+        return await api_error(request, ApiError(400, f"invalid request: {details}"))
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        if api_key is not None and request.url.path != "/health":  # probes carry no key
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not secrets.compare_digest(given.encode(), api_key.encode()):
+                return await api_error(request, ApiError(
+                    401, "Incorrect API key provided.", code="invalid_api_key"))
+        return await call_next(request)
+
+    def check(body, max_tokens: int, n_prompt: int, top: int):
+        if body.model != served_name:
+            raise ApiError(404, f"The model '{body.model}' does not exist; this server has "
+                           f"'{served_name}'.", code="model_not_found")
+        if body.stream:
+            raise ApiError(400, "stream=true is not supported by distill serve")
+        if body.n != 1:
+            raise ApiError(400, "n must be 1")
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise ApiError(400, f"top_logprobs / logprobs must be in 0..{MAX_TOP_LOGPROBS}")
+        if max_tokens < 0 or (max_tokens == 0 and not getattr(body, "echo", False)):
+            raise ApiError(400, "max_tokens must be >= 1 (or 0 with echo)")
+        if context and n_prompt + max_tokens > context:
+            raise ApiError(400, f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) "
+                           f"exceeds the model's context of {context} tokens")
+
+    async def run_job(body, prompt_ids: list[int], max_tokens: int, top: int) -> dict:
+        temperature = 1.0 if body.temperature is None else body.temperature
+        job = Job(prompt_ids, max_tokens, do_sample=temperature > 0,
+                  temperature=temperature if temperature > 0 else 1.0,
+                  top_p=1.0 if body.top_p is None else body.top_p, top_k=top, seed=body.seed)
+        return await asyncio.wrap_future(worker.submit(job))
+
+    def finish_reason(output: dict) -> str:
+        return output["finish_reason"]
+
+    def text_of(ids: list[int]) -> str:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+
+    def usage(prompt: int, completion: int) -> dict:
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": served_name, "object": "model",
+                                            "created": created, "owned_by": "distill"}]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": served_name,
+                "batch_sizes": dict(sorted(worker.batch_sizes.items()))}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest):
+        max_tokens = body.max_completion_tokens or body.max_tokens or 256
+        top = (body.top_logprobs or 0) if body.logprobs else 0
+        try:
+            prompt_ids = encode_chat(tokenizer, body.messages)
+        except Exception as error:
+            raise ApiError(400, f"messages could not be formatted: {error}") from None
+        check(body, max_tokens, len(prompt_ids), top)
+        output = await run_job(body, prompt_ids, max_tokens, top)
+        ids = output["completion_ids"]
+        logprobs = None
+        if body.logprobs:
+            logprobs = {"content": [
+                {**_token(vocab, token_id), "logprob": output["token_logprobs"][i],
+                 "top_logprobs": [{**_token(vocab, alt), "logprob": lp} for alt, lp in
+                                  zip(output.get("topk_ids", [[]] * len(ids))[i],
+                                      output.get("topk_logprobs", [[]] * len(ids))[i])]}
+                for i, token_id in enumerate(ids)]}
+        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+                "created": int(time.time()), "model": served_name,
+                "choices": [{"index": 0, "finish_reason": finish_reason(output),
+                             "message": {"role": "assistant", "content": text_of(
+                                 [i for i in ids if i not in stops])},
+                             "logprobs": logprobs}],
+                "usage": usage(len(prompt_ids), len(ids))}
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest):
+        prompt_ids = body.prompt if isinstance(body.prompt, list) else \
+            tokenizer(body.prompt)["input_ids"]
+        if not prompt_ids:
+            raise ApiError(400, "prompt is empty")
+        max_tokens = 16 if body.max_tokens is None else body.max_tokens
+        top = body.logprobs or 0
+        check(body, max_tokens, len(prompt_ids), top)
+        output = {"completion_ids": [], "finish_reason": "length", "token_logprobs": [],
+                  "topk_ids": [], "topk_logprobs": []}
+        if max_tokens:
+            output = await run_job(body, prompt_ids, max_tokens, top)
+        ids = output["completion_ids"]
+        shown_ids, chosen = list(ids), list(output["token_logprobs"])
+        alternatives = [list(zip(*pair)) for pair in
+                        zip(output.get("topk_ids", [[]] * len(ids)),
+                            output.get("topk_logprobs", [[]] * len(ids)))]
+        if body.echo:
+            prompt_chosen, prompt_alternatives = await asyncio.wrap_future(
+                worker.call(score_prompt, model, prompt_ids, top))
+            shown_ids = prompt_ids + shown_ids
+            chosen, alternatives = prompt_chosen + chosen, prompt_alternatives + alternatives
+        text = (text_of(prompt_ids) if body.echo else "") + text_of(
+            [i for i in ids if i not in stops])
+        logprobs = None
+        if body.logprobs is not None:
+            tokens = [_token(vocab, i)["token"] for i in shown_ids]
+            offsets, position = [], 0
+            for token in tokens:
+                offsets.append(position)
+                position += len(token)
+            logprobs = {"tokens": tokens, "token_logprobs": chosen, "text_offset": offsets,
+                        "top_logprobs": [None if alts is None else
+                                         {_token(vocab, t)["token"]: lp for t, lp in alts}
+                                         for alts in alternatives]}
+        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+                "created": int(time.time()), "model": served_name,
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs,
+                             "finish_reason": finish_reason(output)}],
+                "usage": usage(len(prompt_ids), len(ids))}
+
+    return app
+
+
+def _token(vocab: TokenBytes, token_id: int) -> dict:
+    text, data = vocab.token(token_id)
+    return {"token": text, "bytes": data}
+
+
+def load_for_serving(source: str, dtype: str = "float32"):
+    """(model, tokenizer, served name) for a model name, a folder, or a run folder
+    (which serves the run's distilled student)."""
+    from .models import load_model
+    from .runs import STUDENT
+
+    path = Path(source).expanduser()
+    if (path / STUDENT / "config.json").exists():
+        model, tokenizer = load_model(str(path / STUDENT), dtype=dtype)
+        return model, tokenizer, f"{path.resolve().name}/student"
+    model, tokenizer = load_model(source, dtype=dtype)
+    return model, tokenizer, source
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The key named by an environment variable (None: no authentication)."""
+    if name is None:
+        return None
+    key = os.environ.get(name)
+    if not key:
+        raise ValueError(f"--api-key-env {name}: the environment variable {name} is not set "
+                         f"or empty; export {name}=<key> first, or drop --api-key-env")
+    return key
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn from a thread, on a free loopback port:
+    `with BackgroundServer(app) as base_url: ...` (tests, benchmarks, notebooks)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self.socket.close()

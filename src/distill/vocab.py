@@ -1,0 +1,76 @@
+"""Tokens as bytes: how a token id travels through an OpenAI-compatible API and back.
+
+The API names each token by its text and its UTF-8 `bytes` (a token may hold part
+of a character, so the text alone is lossy). `distill serve` sends the exact bytes
+of every token id; the API teacher backend maps bytes back to ids with the
+student's tokenizer. When every token of an answer maps, the answer can be
+distilled token by token; when some do not (the endpoint's tokenizer is another
+one), only its text is used.
+"""
+
+from __future__ import annotations
+
+import re
+
+# vLLM's `return_tokens_as_token_ids` names tokens "token_id:<id>"
+TOKEN_ID_PREFIX = "token_id:"
+
+
+def _byte_level_alphabet() -> dict[str, int]:
+    """The byte-level BPE alphabet (GPT-2 and its descendants): each byte is written
+    as one printable character, so that vocabularies are plain strings."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            chars[chr(byte)] = byte
+        else:
+            chars[chr(256 + extra)] = byte
+            extra += 1
+    return chars
+
+
+BYTE_LEVEL = _byte_level_alphabet()
+_BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+
+
+class TokenBytes:
+    """id -> bytes and bytes -> id for one tokenizer (byte-level BPE or SentencePiece)."""
+
+    def __init__(self, tokenizer):
+        special = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()}
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        ordinary = [p for p in pieces if p is not None and p not in special]
+        byte_level = all(c in BYTE_LEVEL for p in ordinary[:2000] for c in p)
+        self.id_to_bytes: list[bytes] = []
+        self.bytes_to_id: dict[bytes, int] = {}
+        for token_id, piece in enumerate(pieces):
+            data = _piece_bytes(piece or "", piece in special, byte_level)
+            self.id_to_bytes.append(data)
+            # ordinary tokens win a tie with an added token spelled the same way
+            if piece not in special or data not in self.bytes_to_id:
+                self.bytes_to_id.setdefault(data, token_id)
+
+    def token(self, token_id: int) -> tuple[str, list[int]]:
+        """(text, bytes) of one id, as the OpenAI API names a token."""
+        data = self.id_to_bytes[token_id]
+        return data.decode("utf-8", errors="replace"), list(data)
+
+    def lookup(self, text: str, data: list[int] | None) -> int | None:
+        """The id the API meant by (token text, bytes), or None if this tokenizer has none."""
+        if text.startswith(TOKEN_ID_PREFIX) and text[len(TOKEN_ID_PREFIX):].isdigit():
+            token_id = int(text[len(TOKEN_ID_PREFIX):])
+            return token_id if token_id < len(self.id_to_bytes) else None
+        key = bytes(data) if data is not None else text.encode()
+        return self.bytes_to_id.get(key)
+
+
+def _piece_bytes(piece: str, special: bool, byte_level: bool) -> bytes:
+    if special:
+        return piece.encode()
+    if byte_level:
+        return bytes(BYTE_LEVEL[c] for c in piece)
+    if match := _BYTE_PIECE.fullmatch(piece):  # SentencePiece byte fallback
+        return bytes([int(match.group(1), 16)])
+    return piece.replace("\u2581", " ").encode()
