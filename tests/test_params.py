@@ -78,6 +78,13 @@ def test_mutable_defaults_are_not_shared():
     ("student_training:\n  student_layers: [0, 30]\n", "student_training.student_layers"),
     ("student_training:\n  student_layers: [-1, 2]\n", "student_training.student_layers"),
     ("student_training:\n  student_layers: []\n", "student_training.student_layers"),
+    ("teacher_sampling:\n  backend: vllm\n", "teacher_sampling.backend"),
+    ("teacher_sampling:\n  backend: openai\n", "teacher_sampling.base_url"),
+    ("teacher_sampling:\n  backend: openai\n  base_url: http://h/v1\n  top_k_logprobs: 21\n",
+     "teacher_sampling.top_k_logprobs"),
+    ("teacher_sampling:\n  api_key_env: sk-live-1234\n", "teacher_sampling.api_key_env"),
+    ("teacher_sampling:\n  concurrency: 0\n", "teacher_sampling.concurrency"),
+    ("teacher_sampling:\n  top_k_logprobs: -1\n", "teacher_sampling.top_k_logprobs"),
 ])
 def test_invalid_values_name_file_and_key(tmp_path, text, key):
     path = _write(tmp_path, text)

@@ -17,6 +17,7 @@ file and the key, before a model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -74,11 +75,35 @@ class TeacherSamplingParams:
     do_sample: bool = _p(False, "sample (true) or greedy decoding (false)")
     temperature: float = _p(1.0, "sampling temperature (only with do_sample)", positive)
     top_p: float = _p(1.0, "nucleus sampling mass (only with do_sample)", probability)
-    top_k_logprobs: int = _p(20, "teacher log-probs kept per generated token", positive)
-    batch_size: int = _p(16, "prompts generated together", positive)
+    top_k_logprobs: int = _p(20, "teacher log-probs kept per generated token; 0 keeps text "
+                             "only (sequence-level KD)", non_negative)
+    batch_size: int = _p(16, "prompts generated together (local backend)", positive)
     shard_size: int = _p(128, "prompts per Parquet shard: the unit of resume", positive)
-    dtype: str = _p("float32", "teacher weights: float32 or bfloat16",
+    dtype: str = _p("float32", "teacher weights: float32 or bfloat16 (local backend)",
                     (lambda v: v in ("float32", "bfloat16"), "must be float32 or bfloat16"))
+    backend: str = _p("local", "local (run.teacher in this process) or openai (an "
+                      "OpenAI-compatible API at base_url)",
+                      (lambda v: v in ("local", "openai"), "must be local or openai"))
+    base_url: str | None = _p(None, "API endpoint, e.g. http://127.0.0.1:8000/v1 "
+                              "(openai backend)")
+    model: str | None = _p(None, "model name at the endpoint; null uses run.teacher "
+                           "(openai backend)")
+    api_key_env: str = _p("OPENAI_API_KEY", "name of the environment variable holding the "
+                          "API key; the key itself never goes in params",
+                          (lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+                           "must be the name of an environment variable, not the key"))
+    request_timeout: float = _p(60.0, "seconds before a request counts as timed out", positive)
+    concurrency: int = _p(8, "API requests in flight at once", positive)
+    max_retries: int = _p(5, "retries of a request after 429, 5xx, timeouts and dropped "
+                          "connections", non_negative)
+    retry_backoff: float = _p(1.0, "first retry delay in seconds, doubled each retry, "
+                              "with jitter", non_negative)
+    price_input_per_million: float = _p(0.0, "USD per million prompt tokens, for the cost "
+                                        "estimate", non_negative)
+    price_output_per_million: float = _p(0.0, "USD per million completion tokens",
+                                         non_negative)
+    request_cache: bool = _p(True, "cache API answers on disk ($DISTILL_CACHE/api-requests): "
+                             "a re-run costs nothing")
 
 
 @dataclass
@@ -252,7 +277,15 @@ def _check_across_sections(params: Params, source: str) -> None:
     from .models import EMBEDDED  # registry only: no torch import
 
     embedded = EMBEDDED.get(params.run.teacher)
-    k = params.teacher_sampling.top_k_logprobs
+    sampling = params.teacher_sampling
+    k = sampling.top_k_logprobs
+    if sampling.backend == "openai":
+        if not sampling.base_url:
+            raise ParamsError(f"{source}: teacher_sampling.base_url: the openai backend needs "
+                              "the endpoint, e.g. http://127.0.0.1:8000/v1")
+        if k > 20:
+            raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: an OpenAI-compatible "
+                              f"API returns at most 20 log-probs per token, got {k}")
     if embedded and k > embedded.vocab_size:
         raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "
                           f"the teacher's vocabulary ({embedded.vocab_size})")

@@ -46,15 +46,30 @@ def parse_stage(text: str) -> str:
                      + ", ".join(Path(NOTEBOOKS[s]).stem for s in STAGES))
 
 
-def prepare_run(source: str | Path, overrides: list[str] = ()) -> tuple[Path, Params]:
+def check_teacher(params: Params) -> None:
+    """An API teacher is checked before anything is written: the key's variable is
+    set, the endpoint answers, accepts the key and serves the model."""
+    sampling = params.teacher_sampling
+    if sampling.backend == "openai":
+        from .api_teacher import check_endpoint, endpoint_from_params
+
+        check_endpoint(endpoint_from_params(sampling, params.run.teacher))
+
+
+def prepare_run(source: str | Path, overrides: list[str] = (),
+                will_sample: bool = True) -> tuple[Path, Params]:
     """A new run folder for a params file, or an existing run folder to continue.
-    Writes the resolved params.yaml; validation errors stop before any work."""
+    Writes the resolved params.yaml; invalid params, and a teacher endpoint that
+    cannot be used (when the run will sample), stop it before any write."""
     source = Path(source)
     if source.is_dir():
         run_dir = source
         params = load_params(run_dir / PARAMS, overrides)
     else:
         params = load_params(source, overrides)
+    if will_sample:
+        check_teacher(params)
+    if not source.is_dir():
         run_dir = new_run_dir(params.run.output_dir, params.run.name)
         update_manifest(run_dir, params_file=str(source), overrides=list(overrides),
                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
@@ -71,7 +86,7 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     from .runs import environment
 
     first = STAGES.index(parse_stage(from_stage)) if from_stage else 0
-    run_dir, params = prepare_run(source, overrides)
+    run_dir, params = prepare_run(source, overrides, will_sample=first == 0)
     update_manifest(run_dir, environment=environment(), seed=params.run.seed)
     print(f"Run folder: {run_dir}")
     for stage in STAGES[first:]:
@@ -108,7 +123,7 @@ def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
         if not run_dirs:
             run_dirs.append(run_pipeline(base, [*variant_overrides, *overrides]))
             continue
-        run_dir, _ = prepare_run(base, [*variant_overrides, *overrides])
+        run_dir, _ = prepare_run(base, [*variant_overrides, *overrides], will_sample=False)
         share_samples(run_dirs[0], run_dir)
         run_dirs.append(run_pipeline(run_dir, from_stage="student_training"))
     return run_dirs

@@ -85,3 +85,28 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
         axis.set_visible(False)
     figure.tight_layout()
     return save(figure, run_dir, "run_comparison")
+
+
+def api_health(requests: pd.DataFrame, rates: pd.DataFrame, run_dir=None):
+    """An uptime monitor's view of an API teacher: latency of each attempt over time
+    (coloured by outcome) and the error rate by kind per time bucket."""
+    from .health import ERROR_KINDS
+
+    sent = requests[requests["outcome"] != "cached"]
+    figure, (latency, errors) = plt.subplots(1, 2, figsize=(12, 3.8))
+    if not sent.empty:
+        sns.scatterplot(sent, x="start_s", y="latency_s", hue="outcome", style="outcome",
+                        ax=latency, s=18)
+    latency.set(title="Latency of each request", xlabel="seconds since the first request",
+                ylabel="latency (s)")
+    kinds = [k for k in ERROR_KINDS if k in rates and rates[k].sum() > 0]
+    if kinds:
+        rates.plot.bar(x="t_s", y=kinds, stacked=True, ax=errors, width=0.9)
+        errors.set_xticklabels([f"{t:.0f}" for t in rates["t_s"]], rotation=0)
+        errors.xaxis.set_major_locator(plt.MaxNLocator(8))
+    else:
+        errors.text(0.5, 0.5, "no errors", ha="center", va="center", transform=errors.transAxes)
+    errors.set(title="Error rate by kind over time", xlabel="seconds since the first request",
+               ylabel="share of attempts")
+    figure.tight_layout()
+    return save(figure, run_dir, "api_health")

@@ -4,7 +4,8 @@ This module is the one place that knows where each artifact lives::
 
     outputs/<run>/
       params.yaml  manifest.json  01_teacher_sampling.ipynb ...   (pipeline)
-      samples/part-00000.parquet ...                              (01)
+      samples/part-00000.parquet ...  sampling_stats.json         (01)
+      api_requests.csv  api_health.json   (01, openai backend)
       student_init/  student/  checkpoints/  train_log.csv        (02)
       metrics.json  figures/*.png                                 (03)
 
@@ -33,6 +34,8 @@ STUDENT = "student"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.csv"
 SAMPLING_STATS = "sampling_stats.json"
+API_REQUESTS = "api_requests.csv"
+API_HEALTH = "api_health.json"
 METRICS = "metrics.json"
 FIGURES = "figures"
 PARAMS = "params.yaml"

@@ -1,0 +1,233 @@
+"""The openai teacher backend against `distill serve` on loopback (a tiny model with
+the embedded teacher's tokenizer): the same samples as the local backend, faults
+survived and counted, answers cached, failures retried on re-run, and bad
+configurations stopped with a clear message before anything is written."""
+
+import email.utils
+import random
+import socket
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distill import health, sampling
+from distill.api_teacher import (
+    ApiTeacherError,
+    Endpoint,
+    RequestCache,
+    backoff,
+    check_endpoint,
+    response_to_sample,
+    retry_after,
+    sample_api,
+)
+from distill.data import load_prompts, split_prompts
+from distill.faults import FaultProxy
+from distill.serve import BackgroundServer, create_app
+from distill.vocab import TokenBytes
+
+KEY_ENV, KEY = "DISTILL_TEST_API_KEY", "sk-test-9d41c7a0e2"
+NAME = "tiny-teacher"
+SETTINGS = {"max_new_tokens": 6, "do_sample": False, "temperature": 1.0, "top_p": 1.0,
+            "top_k_logprobs": 4}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_teacher_vocab, teacher_tokenizer):
+    app = create_app(tiny_model_teacher_vocab, teacher_tokenizer, NAME, api_key=KEY)
+    with BackgroundServer(app) as url:
+        yield url
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv(KEY_ENV, KEY)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    train, heldout = split_prompts(load_prompts("builtin", "prompt", None), 4, 0, 20)
+    return train, heldout
+
+
+def endpoint(url: str, **changes) -> Endpoint:
+    settings = {"base_url": f"{url}/v1", "model": NAME, "api_key_env": KEY_ENV,
+                "concurrency": 4, "request_timeout": 5.0, "max_retries": 8,
+                "retry_backoff": 0.02, **changes}
+    return Endpoint(**settings)
+
+
+def sample(url, teacher_tokenizer, prompts, run_dir, cache_dir=None, **changes):
+    train, heldout = prompts
+    return sample_api(endpoint(url, **changes), teacher_tokenizer, train, heldout, run_dir,
+                      seed=0, shard_size=8, cache_dir=cache_dir, **SETTINGS)
+
+
+def test_api_samples_equal_the_local_backend(server, tiny_model_teacher_vocab,
+                                             teacher_tokenizer, prompts, tmp_path):
+    stats, _ = sample(server, teacher_tokenizer, prompts, tmp_path / "api")
+    train, heldout = prompts
+    sampling.sample_teacher(tiny_model_teacher_vocab, teacher_tokenizer, train, heldout,
+                            tmp_path / "local", seed=0, shard_size=8, batch_size=4, **SETTINGS)
+    api, local = (sampling.read_samples(tmp_path / name) for name in ("api", "local"))
+    assert stats["with_logprobs"] == len(api) == len(local) == 24
+    columns = ["prompt_id", "split", "prompt_ids", "completion_ids", "completion", "topk_ids"]
+    for column in columns:
+        assert [_plain(v) for v in api[column]] == [_plain(v) for v in local[column]], column
+    for ours, theirs in zip(api["topk_logprobs"], local["topk_logprobs"]):
+        np.testing.assert_allclose(np.stack(ours), np.stack(theirs), atol=1e-4)
+
+
+def _plain(value):
+    """Parquet's nested arrays as nested lists."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value] if value.dtype == object else value.tolist()
+    return value
+
+
+def test_faults_are_survived_and_counted(server, teacher_tokenizer, prompts, tmp_path):
+    proxy = FaultProxy(server, rate=0.3, seed=3, slow_s=1.5, retry_after_s=0.05)
+    with proxy as url:
+        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, request_timeout=1.0)
+    samples = sampling.read_samples(tmp_path)
+    train, heldout = prompts
+    assert sorted(samples["prompt_id"]) == sorted(p["prompt_id"] for p in train + heldout)
+    assert stats["failed_prompts"] == []
+    assert proxy.forwarded == {200: 24}  # each prompt generated exactly once upstream
+    report = health.summarize(health.requests_frame(log.records), 24, 0)
+    assert sum(proxy.injected.values()) >= 5  # the seed injects every kind
+    assert set(proxy.injected) == {"rate_limited", "server_error", "slow", "drop"}
+    assert report["errors"]["rate_limited"] == proxy.injected["rate_limited"]
+    assert report["errors"]["server_error"] == proxy.injected["server_error"]
+    assert report["errors"]["timeout"] == proxy.injected["slow"]
+    assert report["errors"]["connection"] == proxy.injected["drop"]
+    assert report["retries"] == sum(proxy.injected.values())
+    assert report["requests"] == 24 + sum(proxy.injected.values())
+    assert report["samples_lost"] == 0
+
+
+def test_rerun_is_served_from_the_cache(server, teacher_tokenizer, prompts, tmp_path):
+    with FaultProxy(server, rate=0.0) as url:
+        first, _ = sample(url, teacher_tokenizer, prompts, tmp_path / "a", tmp_path / "cache")
+    # the proxy is gone, so the endpoint is unreachable: only the cache can answer
+    stats, log = sample(url, teacher_tokenizer, prompts, tmp_path / "b", tmp_path / "cache")
+    assert {r["outcome"] for r in log.records} == {"cached"}
+    a, b = (sampling.read_samples(tmp_path / name) for name in "ab")
+    pd.testing.assert_frame_equal(a, b)
+    assert stats["tokens"] == first["tokens"]
+
+
+def test_failed_prompts_are_recorded_and_retried_on_rerun(server, teacher_tokenizer, prompts,
+                                                          tmp_path):
+    with FaultProxy(server, rate=1.0, kinds=("server_error",)) as url:
+        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, max_retries=1)
+    assert len(stats["failed_prompts"]) == 24
+    assert all(r["status"] == 500 for r in log.records)
+    assert sampling.read_samples(tmp_path).empty  # shards written, each listing its missing
+    stats, log = sample(server, teacher_tokenizer, prompts, tmp_path)
+    assert stats["failed_prompts"] == [] and len(log.records) == 24
+    assert len(sampling.read_samples(tmp_path)) == 24
+    stats, log = sample(server, teacher_tokenizer, prompts, tmp_path)  # complete: nothing to do
+    assert stats["shards_skipped"] == 3 and log.records == []
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"base_url": f"http://127.0.0.1:{_free_port()}/v1"}, "cannot reach"),
+    ({"api_key_env": "DISTILL_TEST_WRONG_KEY"}, "refused the API key in \\$DISTILL_TEST_WRONG"),
+    ({"model": "no-such-model"}, "'no-such-model' is not served"),
+    ({"api_key_env": "DISTILL_TEST_UNSET_KEY"}, "DISTILL_TEST_UNSET_KEY is not set"),
+])
+def test_bad_configuration_stops_with_a_clear_message(server, monkeypatch, change, message):
+    monkeypatch.setenv("DISTILL_TEST_WRONG_KEY", "wrong")
+    monkeypatch.delenv("DISTILL_TEST_UNSET_KEY", raising=False)
+    settings = {"base_url": f"{server}/v1", **change}
+    with pytest.raises(ApiTeacherError, match=message) as error:
+        check_endpoint(endpoint(server, **settings))
+    assert KEY not in str(error.value)
+
+
+def test_a_configuration_error_while_sampling_writes_nothing(server, teacher_tokenizer, prompts,
+                                                             tmp_path):
+    with pytest.raises(ApiTeacherError, match="404"):
+        sample(server, teacher_tokenizer, prompts, tmp_path, model="no-such-model")
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_cache_key_covers_what_determines_the_answer():
+    request = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "seed": 0,
+               "temperature": 0.0, "max_completion_tokens": 8}
+    key = RequestCache.key("http://h/v1", request)
+    assert key == RequestCache.key("http://h/v1/", dict(reversed(request.items())))
+    changed = [RequestCache.key("http://other/v1", request)] + [
+        RequestCache.key("http://h/v1", {**request, field: value})
+        for field, value in [("model", "n"), ("messages", []), ("seed", 1),
+                             ("temperature", 0.5), ("max_completion_tokens", 9)]]
+    assert key not in changed and len(set(changed)) == len(changed)
+
+
+def test_retry_after_and_backoff():
+    def error_with(value):
+        return SimpleNamespace(response=SimpleNamespace(headers={"retry-after": value}))
+
+    assert retry_after(error_with("2.5")) == 2.5
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < retry_after(error_with(later)) <= 30
+    assert retry_after(SimpleNamespace(response=None)) is None
+    rng = random.Random(0)
+    delays = [backoff(attempt, 1.0, rng) for attempt in range(4)]
+    assert all(2 ** a * 0.5 <= d <= 2 ** a for a, d in enumerate(delays))
+    assert backoff(30, 1.0, rng) <= 60
+
+
+def test_text_only_answers_are_retokenized(teacher_tokenizer):
+    """An endpoint whose tokens do not map (another tokenizer) gives text-only samples
+    ending in the student's EOS, as the local backend's do."""
+    response = {"choices": [{"message": {"content": "Blue."}, "finish_reason": "stop",
+                             "logprobs": {"content": [{"token": "Bl", "bytes": [0xFF, 0xFE],
+                                                       "logprob": -0.1, "top_logprobs": []}]}}]}
+    vocab = TokenBytes(teacher_tokenizer)
+    result = response_to_sample(response, 4, vocab, teacher_tokenizer,
+                                {teacher_tokenizer.eos_token_id})
+    expected = teacher_tokenizer("Blue.", add_special_tokens=False)["input_ids"]
+    assert result["completion_ids"] == expected + [teacher_tokenizer.eos_token_id]
+    assert result["topk_ids"] == [] and result["completion"] == "Blue."
+
+
+def test_token_bytes_round_trip_the_whole_vocabulary(teacher_tokenizer):
+    vocab = TokenBytes(teacher_tokenizer)
+    assert all(vocab.lookup(*vocab.token(i)) == i for i in range(len(teacher_tokenizer)))
+    assert vocab.lookup("token_id:17", None) == 17
+    ids = teacher_tokenizer("naïve 日本 🙂", add_special_tokens=False)["input_ids"]
+    assert b"".join(vocab.id_to_bytes[i] for i in ids).decode() == "naïve 日本 🙂"
+
+
+def test_health_summary_counts_and_percentiles():
+    records = [{"prompt_id": f"p{i}", "attempt": 0, "start_s": float(i), "latency_s": 1.0 + i,
+                "outcome": "ok", "status": 200, "prompt_tokens": 10, "completion_tokens": 5}
+               for i in range(10)]
+    records += [{"prompt_id": "p0", "attempt": 1, "start_s": 0.5, "latency_s": 0.1,
+                 "outcome": "rate_limited", "status": 429},
+                {"prompt_id": "p9", "attempt": 0, "start_s": 0.0, "latency_s": 0.0,
+                 "outcome": "cached", "status": 200, "prompt_tokens": 7,
+                 "completion_tokens": 3}]
+    summary = health.summarize(health.requests_frame(records), prompts=11, failed_prompts=0,
+                               price_input_per_million=2.0, price_output_per_million=10.0)
+    assert summary["requests"] == 11 and summary["succeeded"] == 10
+    assert summary["retries"] == 1 and summary["errors"]["rate_limited"] == 1
+    assert summary["cache_hits"] == 1 and summary["cached_completion_tokens"] == 3
+    assert summary["latency_s"]["p50"] == pytest.approx(5.5)
+    assert summary["latency_s"]["max"] == pytest.approx(10.0)
+    assert summary["prompt_tokens"] == 100 and summary["completion_tokens"] == 50
+    assert summary["cost_usd"] == pytest.approx((100 * 2 + 50 * 10) / 1e6)
+    assert summary["wall_s"] == pytest.approx(19.0)
+    rates = health.over_time(health.requests_frame(records), buckets=2)
+    assert rates["attempts"].sum() == 11 and rates["rate_limited"].iloc[0] == pytest.approx(1 / 6)
