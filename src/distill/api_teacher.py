@@ -313,25 +313,28 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
     counts = {"with_logprobs": 0}
 
-    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict | None]:
-        def one(prompt: dict, split: str) -> dict | None:
-            request = chat_request(endpoint, prompt["messages"], seed=seed, **settings)
-            response = teacher.complete(prompt["prompt_id"], request)
-            progress.update(1)
-            if response is None:
-                return None
-            sample = response_to_sample(response, settings["top_k_logprobs"], vocab,
-                                        tokenizer, stop_ids)
-            return make_row(prompt, split, encode_chat(tokenizer, prompt["messages"]), **sample)
+    def one(prompt: dict, split: str, progress) -> dict | None:
+        request = chat_request(endpoint, prompt["messages"], seed=seed, **settings)
+        response = teacher.complete(prompt["prompt_id"], request)
+        progress.update(1)
+        if response is None:
+            return None
+        sample = response_to_sample(response, settings["top_k_logprobs"], vocab, tokenizer,
+                                    stop_ids)
+        return make_row(prompt, split, encode_chat(tokenizer, prompt["messages"]), **sample)
 
-        with concurrent.futures.ThreadPoolExecutor(endpoint.concurrency) as pool:
-            futures = [pool.submit(one, prompt, split) for prompt, split in shard]
-            try:
-                rows = [future.result() for future in futures]
-            except BaseException:
-                for future in futures:  # stop: the shard is not written
-                    future.cancel()
-                raise
+    # Every prompt of every shard to do is queued at once: the pool keeps `concurrency`
+    # requests in flight across shard boundaries, so a slow retry holds up no one.
+    pool = concurrent.futures.ThreadPoolExecutor(endpoint.concurrency)
+    futures: dict[int, list[concurrent.futures.Future]] = {}
+
+    def plan(todo: list[tuple[int, list]], progress) -> None:
+        for index, shard in todo:
+            futures[index] = [pool.submit(one, prompt, split, progress)
+                              for prompt, split in shard]
+
+    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict | None]:
+        rows = [future.result() for future in futures.pop(index)]
         counts["with_logprobs"] += sum(bool(row and row["topk_ids"]) for row in rows)
         return rows
 
@@ -339,5 +342,9 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     # (a restarted server, a proxy), so a resumed run may reach the teacher elsewhere.
     fingerprint = {"backend": "openai", "model": endpoint.model, "seed": seed,
                    "shard_size": shard_size, **settings}
-    stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard)
+    try:
+        stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard,
+                              plan)
+    finally:  # on a stop, queued requests are dropped and in-flight ones awaited
+        pool.shutdown(wait=True, cancel_futures=True)
     return {**stats, **counts}, log

@@ -142,7 +142,7 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
 
 
 def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_size: int,
-                  fingerprint: dict, sample_shard) -> dict:
+                  fingerprint: dict, sample_shard, plan=None) -> dict:
     """The shard loop of every backend: held-out then training prompts, `shard_size`
     per Parquet shard, each written atomically.
 
@@ -150,7 +150,9 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
     prompt (see `make_row`), or None for a prompt that failed for good: the shard is
     written without it and records it as missing. A re-run keeps complete shards
     with the same settings, redoes shards with missing prompts, and refuses shards
-    written under other settings rather than mixing them.
+    written under other settings rather than mixing them. `plan(todo, progress)`, if
+    given, first hears every (index, shard) to sample, so a backend can start on later
+    shards while an earlier one waits for its slowest prompt.
     Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written',
     'shards_skipped', 'failed_prompts'}.
     """
@@ -160,14 +162,16 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
     stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
              "failed_prompts": []}
     progress = tqdm(total=len(prompts), desc="teacher sampling", unit="prompt")
+    todo = [index for index in range(len(shards)) if not _complete(shard_path(run_dir, index),
+                                                                   settings)]
+    if plan is not None:
+        plan([(index, shards[index]) for index in todo], progress)
     for index, shard in enumerate(shards):
         path = shard_path(run_dir, index)
-        if path.exists():
-            _check_fingerprint(path, settings)
-            if not missing_prompts(path):
-                stats["shards_skipped"] += 1
-                progress.update(len(shard))
-                continue
+        if index not in todo:
+            stats["shards_skipped"] += 1
+            progress.update(len(shard))
+            continue
         start = time.perf_counter()
         rows = sample_shard(index, shard, progress)
         stats["seconds"] += time.perf_counter() - start
@@ -201,6 +205,14 @@ def _write_shard(path: Path, rows: list[dict], fingerprint: str, missing: list[s
          "distill.missing": json.dumps(missing)})
     with atomic_file(path, "wb") as handle:
         pq.write_table(table, handle)
+
+
+def _complete(path: Path, settings: str) -> bool:
+    """A shard on disk, sampled with these settings, with no prompt missing."""
+    if not path.exists():
+        return False
+    _check_fingerprint(path, settings)
+    return not missing_prompts(path)
 
 
 def missing_prompts(path: Path) -> list[str]:
