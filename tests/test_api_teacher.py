@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill import health, sampling
+from distill import health, plots, sampling
 from distill.api_teacher import (
     ApiTeacherError,
     Endpoint,
@@ -210,7 +210,7 @@ def test_token_bytes_round_trip_the_whole_vocabulary(teacher_tokenizer):
     assert b"".join(vocab.id_to_bytes[i] for i in ids).decode() == "naïve 日本 🙂"
 
 
-def test_health_summary_counts_and_percentiles():
+def test_health_summary_counts_and_percentiles(tmp_path):
     records = [{"prompt_id": f"p{i}", "attempt": 0, "start_s": float(i), "latency_s": 1.0 + i,
                 "outcome": "ok", "status": 200, "prompt_tokens": 10, "completion_tokens": 5}
                for i in range(10)]
@@ -229,5 +229,10 @@ def test_health_summary_counts_and_percentiles():
     assert summary["prompt_tokens"] == 100 and summary["completion_tokens"] == 50
     assert summary["cost_usd"] == pytest.approx((100 * 2 + 50 * 10) / 1e6)
     assert summary["wall_s"] == pytest.approx(19.0)
-    rates = health.over_time(health.requests_frame(records), buckets=2)
-    assert rates["attempts"].sum() == 11 and rates["rate_limited"].iloc[0] == pytest.approx(1 / 6)
+    frame = health.requests_frame(records)
+    rates = health.over_time(frame, buckets=3)
+    assert rates["attempts"].tolist() == [4, 3, 4]
+    assert rates["rate_limited"].tolist() == pytest.approx([0.25, 0, 0])
+    assert rates["t_s"].tolist() == pytest.approx([1.5, 4.5, 7.5])
+    plots.api_health(frame, rates, tmp_path)
+    assert (tmp_path / "figures" / "api_health.png").stat().st_size > 0

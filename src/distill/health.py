@@ -13,6 +13,10 @@ import math
 import pandas as pd
 
 ERROR_KINDS = ("rate_limited", "server_error", "timeout", "connection", "client_error", "other")
+# one colour per outcome, the same in every plot
+COLOURS = {"ok": "tab:blue", "rate_limited": "tab:orange", "server_error": "tab:red",
+           "timeout": "tab:purple", "connection": "tab:brown", "client_error": "tab:gray",
+           "other": "tab:olive"}
 COLUMNS = ["prompt_id", "attempt", "start_s", "latency_s", "outcome", "status",
            "prompt_tokens", "completion_tokens", "error"]
 
@@ -59,19 +63,23 @@ def summarize(frame: pd.DataFrame, prompts: int, failed_prompts: int,
 
 
 def over_time(frame: pd.DataFrame, buckets: int = 20) -> pd.DataFrame:
-    """Attempts per time bucket and the share of each error kind among them."""
+    """Attempts per time bucket (every bucket, empty ones too) and the share of each
+    error kind among them; `t_s` is the bucket's middle, `width_s` its width."""
     sent = frame[frame["outcome"] != "cached"]
+    columns = ["t_s", "width_s", "attempts", *ERROR_KINDS]
     if sent.empty:
-        return pd.DataFrame(columns=["t_s", "attempts", *ERROR_KINDS])
-    width = max(sent["start_s"].max() - sent["start_s"].min(), 1e-9) / buckets
-    bucket = ((sent["start_s"] - sent["start_s"].min()) // width).clip(upper=buckets - 1)
-    table = pd.crosstab(bucket, sent["outcome"]).reindex(columns=["ok", *ERROR_KINDS],
-                                                         fill_value=0)
+        return pd.DataFrame(columns=columns)
+    start = sent["start_s"].min()
+    width = max(sent["start_s"].max() - start, 1e-9) / buckets
+    bucket = ((sent["start_s"] - start) // width).clip(upper=buckets - 1).astype(int)
+    table = pd.crosstab(bucket, sent["outcome"]).reindex(
+        index=range(buckets), columns=["ok", *ERROR_KINDS], fill_value=0)
     attempts = table.sum(axis=1)
-    rates = table[list(ERROR_KINDS)].div(attempts, axis=0)
-    frame = rates.assign(attempts=attempts, t_s=(rates.index + 0.5) * width)
-    frame.columns.name = None
-    return frame.reset_index(drop=True)[["t_s", "attempts", *ERROR_KINDS]]
+    rates = table[list(ERROR_KINDS)].div(attempts.where(attempts > 0), axis=0).fillna(0.0)
+    result = rates.assign(attempts=attempts, width_s=width,
+                          t_s=start + (table.index + 0.5) * width)
+    result.columns.name = None
+    return result.reset_index(drop=True)[columns]
 
 
 def summary_table(summary: dict) -> pd.DataFrame:

@@ -89,24 +89,29 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
 
 def api_health(requests: pd.DataFrame, rates: pd.DataFrame, run_dir=None):
     """An uptime monitor's view of an API teacher: latency of each attempt over time
-    (coloured by outcome) and the error rate by kind per time bucket."""
-    from .health import ERROR_KINDS
+    (coloured by outcome) and the error rate by kind per time bucket (`health.over_time`)."""
+    from .health import COLOURS, ERROR_KINDS
 
     sent = requests[requests["outcome"] != "cached"]
     figure, (latency, errors) = plt.subplots(1, 2, figsize=(12, 3.8))
     if not sent.empty:
-        sns.scatterplot(sent, x="start_s", y="latency_s", hue="outcome", style="outcome",
-                        ax=latency, s=18)
-    latency.set(title="Latency of each request", xlabel="seconds since the first request",
+        outcomes = [o for o in COLOURS if o in set(sent["outcome"])]
+        sns.scatterplot(sent, x="start_s", y="latency_s", hue="outcome", hue_order=outcomes,
+                        palette=COLOURS, style="outcome", style_order=outcomes, ax=latency,
+                        s=18)
+    latency.set(title="Latency of each attempt", xlabel="seconds since sampling began",
                 ylabel="latency (s)")
-    kinds = [k for k in ERROR_KINDS if k in rates and rates[k].sum() > 0]
-    if kinds:
-        rates.plot.bar(x="t_s", y=kinds, stacked=True, ax=errors, width=0.9)
-        errors.set_xticklabels([f"{t:.0f}" for t in rates["t_s"]], rotation=0)
-        errors.xaxis.set_major_locator(plt.MaxNLocator(8))
+    bottom = pd.Series(0.0, index=rates.index)
+    for kind in ERROR_KINDS:
+        if kind in rates and rates[kind].sum() > 0:
+            errors.bar(rates["t_s"], rates[kind], width=rates["width_s"] * 0.9, bottom=bottom,
+                       color=COLOURS[kind], label=kind)
+            bottom = bottom + rates[kind]
+    if bottom.sum() > 0:
+        errors.legend()
     else:
         errors.text(0.5, 0.5, "no errors", ha="center", va="center", transform=errors.transAxes)
-    errors.set(title="Error rate by kind over time", xlabel="seconds since the first request",
-               ylabel="share of attempts")
+    errors.set(title="Error rate by kind over time", xlabel="seconds since sampling began",
+               ylabel="share of attempts", xlim=latency.get_xlim())
     figure.tight_layout()
     return save(figure, run_dir, "api_health")

@@ -245,9 +245,6 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
                   top_p=1.0 if body.top_p is None else body.top_p, top_k=top, seed=body.seed)
         return await asyncio.wrap_future(worker.submit(job))
 
-    def finish_reason(output: dict) -> str:
-        return output["finish_reason"]
-
     def text_of(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
 
@@ -286,7 +283,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
                 for i, token_id in enumerate(ids)]}
         return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": served_name,
-                "choices": [{"index": 0, "finish_reason": finish_reason(output),
+                "choices": [{"index": 0, "finish_reason": output["finish_reason"],
                              "message": {"role": "assistant", "content": text_of(
                                  [i for i in ids if i not in stops])},
                              "logprobs": logprobs}],
@@ -331,7 +328,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
         return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": served_name,
                 "choices": [{"index": 0, "text": text, "logprobs": logprobs,
-                             "finish_reason": finish_reason(output)}],
+                             "finish_reason": output["finish_reason"]}],
                 "usage": usage(len(prompt_ids), len(ids))}
 
     return app
