@@ -3,6 +3,7 @@
     with FaultProxy("http://127.0.0.1:8000", rate=0.3) as url:   # url: the proxy
         ...point the client at url...
     proxy.injected   # Counter: faults injected by kind
+    proxy.forwarded  # Counter: upstream answers (by status) to requests on `paths`
 
 Each request to a path in `paths` is, with probability `rate` (a seeded stream of
 draws), answered with a fault instead of being forwarded:
@@ -47,7 +48,8 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.lock = threading.Lock()
         self.injected: collections.Counter = collections.Counter()
-        self.forwarded: collections.Counter = collections.Counter()  # status -> count
+        # answers the upstream gave to requests on `paths`, by status
+        self.forwarded: collections.Counter = collections.Counter()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
@@ -79,8 +81,9 @@ class FaultProxy:
                                         if k.lower() in FORWARDED_HEADERS})
             response = connection.getresponse()
             payload = response.read()
-            with self.lock:
-                self.forwarded[response.status] += 1
+            if path.split("?")[0] in self.paths:
+                with self.lock:
+                    self.forwarded[response.status] += 1
             return response.status, response.getheader("content-type", "application/json"), \
                 payload
         finally:
