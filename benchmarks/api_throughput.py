@@ -2,7 +2,7 @@
 backend on the same prompts, and a run through a fault-injecting proxy.
 
     python benchmarks/api_throughput.py [--prompts 32] [--max-new-tokens 64]
-        [--concurrency 1,8] [--local-batch-size 8] [--fault-rate 0.2]
+        [--concurrency 1,8] [--local-batch-size 8] [--fault-rate 0.2] [--fault-seed 7]
 
 `distill serve` runs in its own process (as a user runs it); the client is the
 openai backend of notebook 01 (cache off). Prints tokens/s per configuration, the
@@ -56,6 +56,8 @@ def main():
     parser.add_argument("--local-batch-size", type=int, default=8)
     parser.add_argument("--fault-rate", type=float, default=0.2,
                         help="share of requests answered with a fault (0: skip the fault run)")
+    parser.add_argument("--fault-seed", type=int, default=7,
+                        help="seed of the proxy's draws (7 injects every kind at rate 0.2)")
     parser.add_argument("--fault-timeout", type=float, default=45.0,
                         help="client timeout in the fault run; slow faults wait past it")
     parser.add_argument("--json", help="also write the results here")
@@ -89,7 +91,7 @@ def main():
             results["api"][concurrency], report = api_run(f"c{concurrency}", url, concurrency)
             results["api"][concurrency]["latency_p50_s"] = report["latency_s"]["p50"]
         if args.fault_rate:
-            proxy = FaultProxy(url, rate=args.fault_rate, seed=0,
+            proxy = FaultProxy(url, rate=args.fault_rate, seed=args.fault_seed,
                                slow_s=args.fault_timeout + 5, retry_after_s=1.0)
             with proxy as proxy_url:
                 run, report = api_run("faults", proxy_url, max(levels),

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                        help="requests generated together (default 8)")
     serve.add_argument("--batch-wait-ms", type=float,
                        help="how long the first request waits for others to batch with "
-                       "(default 10)")
+                       "(default 50)")
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")

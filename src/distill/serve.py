@@ -192,7 +192,7 @@ def score_prompt(model, ids: list[int], top_k: int) -> tuple[list[float | None],
 
 
 def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
-               max_batch_size: int = 8, batch_wait_ms: float = 10.0) -> FastAPI:
+               max_batch_size: int = 8, batch_wait_ms: float = 50.0) -> FastAPI:
     """The FastAPI app serving `model` as `served_name`. With `api_key`, every request
     must carry `Authorization: Bearer <api_key>`."""
     worker = Worker(model, tokenizer, max_batch_size, batch_wait_ms)
@@ -281,13 +281,15 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
                                   zip(output.get("topk_ids", [[]] * len(ids))[i],
                                       output.get("topk_logprobs", [[]] * len(ids))[i])]}
                 for i, token_id in enumerate(ids)]}
-        return {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+        # JSONResponse directly: FastAPI's generic encoder is slow on thousands of
+        # log-prob entries, and it runs on the event loop every client waits on
+        return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
                 "created": int(time.time()), "model": served_name,
                 "choices": [{"index": 0, "finish_reason": output["finish_reason"],
                              "message": {"role": "assistant", "content": text_of(
                                  [i for i in ids if i not in stops])},
                              "logprobs": logprobs}],
-                "usage": usage(len(prompt_ids), len(ids))}
+                "usage": usage(len(prompt_ids), len(ids))})
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest):
@@ -325,11 +327,11 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
                         "top_logprobs": [None if alts is None else
                                          {_token(vocab, t)["token"]: lp for t, lp in alts}
                                          for alts in alternatives]}
-        return {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+        return JSONResponse({"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
                 "created": int(time.time()), "model": served_name,
                 "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                              "finish_reason": output["finish_reason"]}],
-                "usage": usage(len(prompt_ids), len(ids))}
+                "usage": usage(len(prompt_ids), len(ids))})
 
     return app
 
