@@ -4,9 +4,13 @@ survived and counted, answers cached, failures retried on re-run, and bad
 configurations stopped with a clear message before anything is written."""
 
 import email.utils
+import os
 import random
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -236,3 +240,20 @@ def test_health_summary_counts_and_percentiles(tmp_path):
     assert rates["t_s"].tolist() == pytest.approx([1.5, 4.5, 7.5])
     plots.api_health(frame, rates, tmp_path)
     assert (tmp_path / "figures" / "api_health.png").stat().st_size > 0
+
+
+def test_distill_run_stops_before_creating_the_run_folder(server, tmp_path):
+    """The CLI checks the endpoint before any write: exit 2, a message, no run folder."""
+    smoke = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
+    for change, message in [(f"base_url=http://127.0.0.1:{_free_port()}/v1", "cannot reach"),
+                            (f"base_url={server}/v1", "refused the API key")]:
+        result = subprocess.run(
+            [sys.executable, "-m", "distill.cli", "run", str(smoke), "--set",
+             f"run.output_dir={tmp_path}", "--set", "teacher_sampling.backend=openai",
+             "--set", f"teacher_sampling.{change}", "--set",
+             "teacher_sampling.api_key_env=DISTILL_TEST_WRONG_KEY"],
+            capture_output=True, text=True,
+            env={**os.environ, "DISTILL_TEST_WRONG_KEY": "wrong"})
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr
+        assert list(tmp_path.iterdir()) == []
