@@ -42,7 +42,7 @@ def train_once(run_dir: Path, source: str, precision: str, steps: int) -> dict:
                     epochs=1, max_steps=steps, batch_size=8, grad_accum=1, lr=1e-4,
                     warmup_steps=1, weight_decay=0.0, max_grad_norm=1.0,
                     mixed_precision=precision, checkpoint_every=10**9, ce_weight=0.0,
-                    kd_weight=1.0, temperature=1.0, teacher=teacher)
+                    kd_weight=1.0, temperature=1.0, kd_source=source, teacher=teacher)
     timed = log.iloc[1:]
     return {"source": source, "precision": precision, "steps": len(timed),
             "tokens_per_second": timed["tokens"].sum() / timed["seconds"].sum(),

@@ -51,6 +51,19 @@ def test_teacher_required_for_online_hidden_and_on_policy(tmp_path, tiny_model):
             training.train(tiny_model, examples, tmp_path, **option, **_settings())
 
 
+@pytest.mark.parametrize("kd_source,teacher_calls", [("online", 4), ("topk", 0)])
+def test_kd_source_decides_whether_the_teacher_runs(tmp_path, tiny_model_factory, kd_source,
+                                                    teacher_calls):
+    """With a teacher in memory, only kd_source=online runs it (4 steps, one forward
+    each); topk reads the cached log-probs. (A benchmark once passed a teacher without
+    kd_source=online and so timed top-k twice.)"""
+    teacher, calls = tiny_model_factory(seed=3), []
+    teacher.register_forward_hook(lambda *args: calls.append(1))
+    training.train(tiny_model_factory(seed=4), training.build_examples(_samples(n=8)), tmp_path,
+                   **_settings(max_steps=4), kd_source=kd_source, teacher=teacher)
+    assert len(calls) == teacher_calls
+
+
 def test_hidden_state_projection_trains_and_the_loss_falls():
     torch.manual_seed(0)
     loss = HiddenStateLoss([(0, 1), (1, 3)], student_width=8, teacher_width=12, kind="mse")
