@@ -148,12 +148,13 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
 
     `sample_shard(index, [(prompt, split), ...], progress)` returns one row per
     prompt (see `make_row`), or None for a prompt that failed for good: the shard is
-    written without it and records it as missing. A re-run keeps complete shards
-    with the same settings, redoes shards with missing prompts, and refuses shards
-    written under other settings rather than mixing them. `plan(todo, progress)`, if
-    given, first hears every (index, shard) to sample, so a backend can start on later
-    shards while an earlier one waits for its slowest prompt.
-    Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written',
+    written without it and records it as missing (a shard of failures only is not
+    written at all). A re-run keeps complete shards
+    with the same settings, asks again for just the missing prompts of the others,
+    and refuses shards written under other settings rather than mixing them.
+    `plan(todo, progress)`, if given, first hears every (index, prompts to sample), so
+    a backend can start on later shards while an earlier one waits for its slowest
+    prompt. Returns {'tokens', 'seconds', 'tokens_per_second', 'shards_written',
     'shards_skipped', 'failed_prompts'}.
     """
     prompts = [(p, "heldout") for p in heldout] + [(p, "train") for p in train]
@@ -162,28 +163,45 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
     stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
              "failed_prompts": []}
     progress = tqdm(total=len(prompts), desc="teacher sampling", unit="prompt")
-    todo = [index for index in range(len(shards)) if not _complete(shard_path(run_dir, index),
-                                                                   settings)]
+    todo = {index: pending for index, shard in enumerate(shards)
+            if (pending := _pending(shard_path(run_dir, index), shard, settings))}
     if plan is not None:
-        plan([(index, shards[index]) for index in todo], progress)
+        plan(list(todo.items()), progress)
     for index, shard in enumerate(shards):
         path = shard_path(run_dir, index)
         if index not in todo:
             stats["shards_skipped"] += 1
             progress.update(len(shard))
             continue
+        pending = todo[index]
+        kept = {row["prompt_id"]: row for row in pq.read_table(path).to_pylist()} \
+            if path.exists() else {}
+        progress.update(len(shard) - len(pending))
         start = time.perf_counter()
-        rows = sample_shard(index, shard, progress)
+        rows = sample_shard(index, pending, progress)
         stats["seconds"] += time.perf_counter() - start
-        done = [row for row in rows if row is not None]
-        missing = [p["prompt_id"] for (p, _), row in zip(shard, rows) if row is None]
-        stats["tokens"] += sum(len(row["completion_ids"]) for row in done)
+        new = {p["prompt_id"]: row for (p, _), row in zip(pending, rows) if row is not None}
+        missing = [p["prompt_id"] for (p, _), row in zip(pending, rows) if row is None]
+        stats["tokens"] += sum(len(row["completion_ids"]) for row in new.values())
         stats["failed_prompts"] += missing
-        _write_shard(path, done, settings, missing)
-        stats["shards_written"] += 1
+        done = {**kept, **new}
+        if done:  # a shard of failures only is not written: a re-run starts it afresh
+            _write_shard(path, [done[p["prompt_id"]] for p, _ in shard
+                                if p["prompt_id"] in done], settings, missing)
+            stats["shards_written"] += 1
     progress.close()
     stats["tokens_per_second"] = stats["tokens"] / stats["seconds"] if stats["seconds"] else None
     return stats
+
+
+def _pending(path: Path, shard: list[tuple[dict, str]], settings: str) -> list:
+    """The prompts of a shard still to sample: all of a new shard, the missing ones of
+    a shard written before (under the same settings), none of a complete one."""
+    if not path.exists():
+        return shard
+    _check_fingerprint(path, settings)
+    missing = set(missing_prompts(path))
+    return [(prompt, split) for prompt, split in shard if prompt["prompt_id"] in missing]
 
 
 def make_row(prompt: dict, split: str, prompt_ids: list[int], completion_ids: list[int],
@@ -205,14 +223,6 @@ def _write_shard(path: Path, rows: list[dict], fingerprint: str, missing: list[s
          "distill.missing": json.dumps(missing)})
     with atomic_file(path, "wb") as handle:
         pq.write_table(table, handle)
-
-
-def _complete(path: Path, settings: str) -> bool:
-    """A shard on disk, sampled with these settings, with no prompt missing."""
-    if not path.exists():
-        return False
-    _check_fingerprint(path, settings)
-    return not missing_prompts(path)
 
 
 def missing_prompts(path: Path) -> list[str]:
