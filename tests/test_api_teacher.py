@@ -124,18 +124,65 @@ def test_rerun_is_served_from_the_cache(server, teacher_tokenizer, prompts, tmp_
     assert stats["tokens"] == first["tokens"]
 
 
-def test_failed_prompts_are_recorded_and_retried_on_rerun(server, teacher_tokenizer, prompts,
-                                                          tmp_path):
-    with FaultProxy(server, rate=1.0, kinds=("server_error",)) as url:
-        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, max_retries=1)
-    assert len(stats["failed_prompts"]) == 24
-    assert all(r["status"] == 500 for r in log.records)
-    assert sampling.read_samples(tmp_path).empty  # shards written, each listing its missing
+def test_failed_prompts_are_recorded_and_only_they_are_asked_again(server, teacher_tokenizer,
+                                                                   prompts, tmp_path):
+    with FaultProxy(server, rate=0.5, kinds=("server_error",), seed=0) as url:
+        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, max_retries=0)
+    failed = stats["failed_prompts"]
+    assert 0 < len(failed) < 24
+    assert {r["prompt_id"] for r in log.records if r["status"] == 500} == set(failed)
+    first = sampling.read_samples(tmp_path)
+    assert len(first) == 24 - len(failed)
+    # no cache: only the missing prompts are requested again, the others are kept
     stats, log = sample(server, teacher_tokenizer, prompts, tmp_path)
-    assert stats["failed_prompts"] == [] and len(log.records) == 24
-    assert len(sampling.read_samples(tmp_path)) == 24
+    assert sorted(r["prompt_id"] for r in log.records) == sorted(failed)
+    assert stats["failed_prompts"] == []
+    again = sampling.read_samples(tmp_path)
+    train, heldout = prompts
+    assert list(again["prompt_id"]) == [p["prompt_id"] for p in heldout + train]
+    pd.testing.assert_frame_equal(again[~again["prompt_id"].isin(failed)].reset_index(drop=True),
+                                  first.reset_index(drop=True))
     stats, log = sample(server, teacher_tokenizer, prompts, tmp_path)  # complete: nothing to do
     assert stats["shards_skipped"] == 3 and log.records == []
+
+
+def _scripted_endpoint(status: int, error: dict):
+    """An endpoint that lists NAME and answers every chat request with `status`."""
+    from fastapi import FastAPI
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": NAME, "object": "model", "created": 0,
+                                            "owned_by": "test"}]}
+
+    @app.post("/v1/chat/completions")
+    def chat():
+        return JSONResponse({"error": error}, status_code=status)
+
+    return BackgroundServer(app)
+
+
+def test_a_spent_quota_stops_the_run(teacher_tokenizer, prompts, tmp_path):
+    quota = {"message": "You exceeded your current quota", "type": "insufficient_quota",
+             "code": "insufficient_quota"}
+    with _scripted_endpoint(429, quota) as url:
+        with pytest.raises(ApiTeacherError, match="quota .* is spent"):
+            sample(url, teacher_tokenizer, prompts, tmp_path)
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_an_endpoint_that_is_down_stops_the_run(teacher_tokenizer, prompts, tmp_path):
+    """Every prompt failing for good: the run stops after 10 in a row instead of
+    working through every backoff of every prompt."""
+    with _scripted_endpoint(503, {"message": "down", "type": "server_error"}) as url:
+        started = time.monotonic()
+        with pytest.raises(ApiTeacherError, match="10 prompts in a row failed"):
+            sample(url, teacher_tokenizer, prompts, tmp_path, max_retries=1)
+    assert time.monotonic() - started < 20
+    assert not list(tmp_path.rglob("*.parquet"))
 
 
 def _free_port() -> int:
@@ -186,6 +233,10 @@ def test_retry_after_and_backoff():
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < retry_after(error_with(later)) <= 30
     assert retry_after(SimpleNamespace(response=None)) is None
+    assert retry_after(error_with("soon")) is None  # unreadable: our own backoff applies
+    utc = email.utils.formatdate(time.time() + 30).replace("+0000", "-0000")
+    assert 25 < retry_after(error_with(utc)) <= 30
+    assert retry_after(error_with("86400")) == 600  # honoured, within reason
     rng = random.Random(0)
     delays = [backoff(attempt, 1.0, rng) for attempt in range(4)]
     assert all(2 ** a * 0.5 <= d <= 2 ** a for a, d in enumerate(delays))

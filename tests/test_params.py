@@ -83,6 +83,10 @@ def test_mutable_defaults_are_not_shared():
     ("teacher_sampling:\n  backend: openai\n  base_url: http://h/v1\n  top_k_logprobs: 21\n",
      "teacher_sampling.top_k_logprobs"),
     ("teacher_sampling:\n  api_key_env: sk-live-1234\n", "teacher_sampling.api_key_env"),
+    ("teacher_sampling:\n  backend: openai\n  base_url: https://me:sk-1@h/v1\n",
+     "teacher_sampling.base_url"),
+    ("teacher_sampling:\n  backend: openai\n  base_url: https://h/v1?api-key=sk-1\n",
+     "teacher_sampling.base_url"),
     ("teacher_sampling:\n  concurrency: 0\n", "teacher_sampling.concurrency"),
     ("teacher_sampling:\n  top_k_logprobs: -1\n", "teacher_sampling.top_k_logprobs"),
 ])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import datetime
 import email.utils
 import hashlib
 import json
@@ -40,10 +41,10 @@ import openai
 from .data import encode_chat
 from .runs import atomic_file
 from .sampling import make_row, sample_shards
-from .vocab import TokenBytes
+from .vocab import MAX_TOP_LOGPROBS, TokenBytes
 
-MAX_TOP_LOGPROBS = 20
-MAX_BACKOFF_S = 60.0
+MAX_BACKOFF_S = 60.0  # our own exponential backoff stops growing here
+MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this
 
 
 class ApiTeacherError(RuntimeError):
@@ -91,21 +92,46 @@ def check_endpoint(endpoint: Endpoint) -> list[str]:
     try:
         served = [m.id for m in client.models.list()]
     except openai.NotFoundError:
-        return []  # some endpoints do not implement /models; requests will tell
+        _probe_chat(endpoint, client)  # no /models here: is it an API at all?
+        return []
     except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
         raise ApiTeacherError(_refused(endpoint, error.status_code)) from None
+    except openai.APITimeoutError:
+        raise ApiTeacherError(
+            f"teacher_sampling.base_url: {endpoint.base_url} did not answer within "
+            f"request_timeout ({endpoint.request_timeout} s)") from None
     except openai.APIConnectionError as error:
         raise ApiTeacherError(
             f"teacher_sampling.base_url: cannot reach {endpoint.base_url} "
             f"({_redact(_cause(error), key)}). Check the address and that the server is "
             "running; `distill serve <model>` starts a local one.") from None
     except openai.APIStatusError as error:
+        if retryable(error):  # busy or briefly down: sampling's retries will deal with it
+            print(f"warning: {endpoint.base_url}/models answered {error.status_code}; "
+                  "going on, requests are retried")
+            return []
         raise ApiTeacherError(f"{endpoint.base_url}/models answered {error.status_code}: "
                               f"{_redact(str(error.message), key)}") from None
     if endpoint.model not in served:
         raise ApiTeacherError(f"teacher_sampling.model: {endpoint.model!r} is not served at "
                               f"{endpoint.base_url}; it serves: {', '.join(served) or 'nothing'}")
     return served
+
+
+def _probe_chat(endpoint: Endpoint, client: openai.OpenAI) -> None:
+    """One 1-token chat request, for endpoints without /models."""
+    try:
+        client.chat.completions.create(model=endpoint.model, max_completion_tokens=1,
+                                       messages=[{"role": "user", "content": "ping"}])
+    except openai.NotFoundError:
+        raise ApiTeacherError(
+            f"teacher_sampling.base_url: {endpoint.base_url} answered 404 to both /models and "
+            f"/chat/completions for model {endpoint.model!r}. Is it an OpenAI-compatible "
+            "API (the address usually ends in /v1), and is the model name right?") from None
+    except (openai.AuthenticationError, openai.PermissionDeniedError) as error:
+        raise ApiTeacherError(_refused(endpoint, error.status_code)) from None
+    except openai.APIError:
+        pass  # anything else is the sampling's to retry and report
 
 
 def _refused(endpoint: Endpoint, status: int) -> str:
@@ -167,7 +193,7 @@ class RequestLog:
 
 def classify(error: Exception) -> str:
     """The kind of a failed attempt, as the health report counts it."""
-    if isinstance(error, openai.APITimeoutError):
+    if isinstance(error, openai.APITimeoutError) or getattr(error, "status_code", None) == 408:
         return "timeout"
     if isinstance(error, openai.APIConnectionError):
         return "connection"
@@ -178,20 +204,35 @@ def classify(error: Exception) -> str:
     return "other"
 
 
-RETRYABLE = {"timeout", "connection", "rate_limited", "server_error"}
+def retryable(error: Exception) -> bool:
+    """Worth another try: what the official client retries (timeouts, dropped
+    connections, 408, 409, 429, 5xx), except a 429 that means the quota is spent."""
+    if isinstance(error, openai.APIConnectionError):  # timeouts included
+        return True
+    status = getattr(error, "status_code", None)
+    if status == 429:
+        return getattr(error, "code", None) != "insufficient_quota"
+    return status in (408, 409) or (status is not None and status >= 500)
 
 
 def retry_after(error: Exception) -> float | None:
-    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date)."""
+    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), or
+    None when it did not ask, or asked in a form we cannot read."""
     response = getattr(error, "response", None)
     value = response.headers.get("retry-after") if response is not None else None
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
     except ValueError:
+        pass
+    try:
         when = email.utils.parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time()) if when else None
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000" dates: RFC 5322 says UTC
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
 
 
 def backoff(attempt: int, base: float, rng: random.Random) -> float:
@@ -200,58 +241,104 @@ def backoff(attempt: int, base: float, rng: random.Random) -> float:
 
 
 class ApiTeacher:
-    """Requests for one run: client, cache, retries and the request log."""
+    """Requests for one run: client, cache, retries and the request log.
+
+    A fatal error (key, model, quota) or too many prompts failing in a row (the
+    endpoint is down) sets `stopped`: requests still queued give up at once and
+    waiting ones wake, so the run stops in seconds rather than after every backoff."""
 
     def __init__(self, endpoint: Endpoint, cache: RequestCache, log: RequestLog, seed: int):
         self.endpoint, self.cache, self.log = endpoint, cache, log
         self.key = endpoint.api_key()
         self.client = endpoint.client()
         self.rng = random.Random(seed)
-        self.rng_lock = threading.Lock()
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.reason = "sampling was stopped"  # the first fatal error, for every waiter
+        self.failed_in_a_row = 0
+        self.give_up_after = max(10, 2 * endpoint.concurrency)
 
     def complete(self, prompt_id: str, request: dict) -> dict | None:
         """The response (a dict) for one request, or None once retries are spent.
-        Raises ApiTeacherError for errors no retry can mend (key, model)."""
+        Raises ApiTeacherError for errors no retry can mend, and once stopped."""
         cache_key = RequestCache.key(self.endpoint.base_url, request)
         if (cached := self.cache.get(cache_key)) is not None:
             self.log.add(prompt_id=prompt_id, attempt=0, start_s=self.log.now(), latency_s=0.0,
                          outcome="cached", status=200, **_usage(cached))
             return cached
         for attempt in range(self.endpoint.max_retries + 1):
+            if self.stopped.is_set():
+                raise ApiTeacherError(self.reason)
             start = self.log.now()
             try:
                 response = self.client.chat.completions.create(**request).model_dump()
             except openai.APIError as error:
-                kind = classify(error)
                 self.log.add(prompt_id=prompt_id, attempt=attempt, start_s=start,
-                             latency_s=self.log.now() - start, outcome=kind,
+                             latency_s=self.log.now() - start, outcome=classify(error),
                              status=getattr(error, "status_code", None),
                              error=_redact(str(error), self.key)[:300])
-                if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
-                    raise ApiTeacherError(_refused(self.endpoint, error.status_code)) from None
-                if isinstance(error, openai.NotFoundError):
-                    raise ApiTeacherError(
-                        f"{self.endpoint.base_url} answered 404 for model "
-                        f"{self.endpoint.model!r}: {_redact(str(error.message), self.key)}") \
-                        from None
-                if kind not in RETRYABLE or attempt == self.endpoint.max_retries:
+                if (fatal := self._fatal(error)) is not None:
+                    raise self._stop(fatal) from None
+                if not retryable(error) or attempt == self.endpoint.max_retries:
+                    self._failed(error)
                     return None
-                with self.rng_lock:
+                with self.lock:
                     delay = backoff(attempt, self.endpoint.retry_backoff, self.rng)
-                time.sleep(min(MAX_BACKOFF_S, retry_after(error) or delay))
+                self.stopped.wait(retry_after(error) or delay)
                 continue
             self.log.add(prompt_id=prompt_id, attempt=attempt, start_s=start,
                          latency_s=self.log.now() - start, outcome="ok", status=200,
                          **_usage(response))
             self.cache.put(cache_key, response)
+            with self.lock:
+                self.failed_in_a_row = 0
             return response
         return None
+
+    def _fatal(self, error: openai.APIError) -> str | None:
+        """The message for an error that no retry and no other prompt can mend."""
+        if isinstance(error, (openai.AuthenticationError, openai.PermissionDeniedError)):
+            return _refused(self.endpoint, error.status_code)
+        if isinstance(error, openai.NotFoundError):
+            return (f"{self.endpoint.base_url} answered 404 for model {self.endpoint.model!r}: "
+                    f"{_redact(str(error.message), self.key)}")
+        if getattr(error, "code", None) == "insufficient_quota":
+            return (f"{self.endpoint.base_url}: the quota of the key in "
+                    f"${self.endpoint.api_key_env} is spent (429 insufficient_quota)")
+        return None
+
+    def _failed(self, error: openai.APIError) -> None:
+        """Count a prompt that failed for good; many in a row means the endpoint is down."""
+        with self.lock:
+            self.failed_in_a_row += 1
+            down = self.failed_in_a_row >= self.give_up_after
+        if down:
+            raise self._stop(
+                f"{self.endpoint.base_url}: {self.failed_in_a_row} prompts in a row failed "
+                f"after {self.endpoint.max_retries} retries each (last: "
+                f"{_redact(str(error), self.key)[:200]}). Stopping; the shards written so far "
+                "are kept, and re-running resumes from them.") from None
+
+    def _stop(self, reason: str) -> ApiTeacherError:
+        """Stop every request of the run; the first reason is the one all of them give."""
+        with self.lock:
+            if not self.stopped.is_set():
+                self.reason = reason
+                self.stopped.set()
+        return ApiTeacherError(self.reason)
 
 
 def _usage(response: dict) -> dict:
     usage = response.get("usage") or {}
     return {"prompt_tokens": usage.get("prompt_tokens") or 0,
             "completion_tokens": usage.get("completion_tokens") or 0}
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """A seed per prompt (from the run's seed), so sampled answers do not share one
+    random stream and stay the same whatever order the requests go out in."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # below 2^31: every API accepts it
 
 
 def chat_request(endpoint: Endpoint, messages: list[dict], max_new_tokens: int, do_sample: bool,
@@ -314,7 +401,8 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     counts = {"with_logprobs": 0}
 
     def one(prompt: dict, split: str, progress) -> dict | None:
-        request = chat_request(endpoint, prompt["messages"], seed=seed, **settings)
+        request = chat_request(endpoint, prompt["messages"],
+                               seed=prompt_seed(seed, prompt["prompt_id"]), **settings)
         response = teacher.complete(prompt["prompt_id"], request)
         progress.update(1)
         if response is None:
@@ -345,6 +433,7 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     try:
         stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard,
                               plan)
-    finally:  # on a stop, queued requests are dropped and in-flight ones awaited
+    finally:  # on a stop (an error, an interrupt) queued and waiting requests give up
+        teacher.stopped.set()
         pool.shutdown(wait=True, cancel_futures=True)
     return {**stats, **counts}, log

@@ -23,6 +23,7 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -275,6 +276,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Pa
 def _check_across_sections(params: Params, source: str) -> None:
     """Checks that need more than one key (or the teacher's vocabulary)."""
     from .models import EMBEDDED  # registry only: no torch import
+    from .vocab import MAX_TOP_LOGPROBS
 
     embedded = EMBEDDED.get(params.run.teacher)
     sampling = params.teacher_sampling
@@ -283,9 +285,15 @@ def _check_across_sections(params: Params, source: str) -> None:
         if not sampling.base_url:
             raise ParamsError(f"{source}: teacher_sampling.base_url: the openai backend needs "
                               "the endpoint, e.g. http://127.0.0.1:8000/v1")
-        if k > 20:
+        if k > MAX_TOP_LOGPROBS:
             raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: an OpenAI-compatible "
-                              f"API returns at most 20 log-probs per token, got {k}")
+                              f"API returns at most {MAX_TOP_LOGPROBS} log-probs per token, "
+                              f"got {k}")
+        address = urlsplit(sampling.base_url)
+        if address.username or address.password or "key" in address.query.lower():
+            raise ParamsError(f"{source}: teacher_sampling.base_url carries credentials; put "
+                              "the key in the environment variable named by api_key_env "
+                              "instead (params files are saved with every run)")
     if embedded and k > embedded.vocab_size:
         raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "
                           f"the teacher's vocabulary ({embedded.vocab_size})")

@@ -14,6 +14,8 @@ import re
 
 # vLLM's `return_tokens_as_token_ids` names tokens "token_id:<id>"
 TOKEN_ID_PREFIX = "token_id:"
+# The OpenAI API returns at most this many alternatives per token (top_logprobs)
+MAX_TOP_LOGPROBS = 20
 
 
 def _byte_level_alphabet() -> dict[str, int]:
@@ -43,14 +45,16 @@ class TokenBytes:
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         ordinary = [p for p in pieces if p is not None and p not in special]
         byte_level = all(c in BYTE_LEVEL for p in ordinary[:2000] for c in p)
-        self.id_to_bytes: list[bytes] = []
+        self.id_to_bytes = [_piece_bytes(piece or "", piece in special, byte_level)
+                            for piece in pieces]
+        # Ordinary tokens first, so they win a tie with an added token spelled the same
+        # way; within each group the lower id wins (SentencePiece's "▁" and "<0x20>"
+        # are both a space: the space comes back as the first of them).
         self.bytes_to_id: dict[bytes, int] = {}
-        for token_id, piece in enumerate(pieces):
-            data = _piece_bytes(piece or "", piece in special, byte_level)
-            self.id_to_bytes.append(data)
-            # ordinary tokens win a tie with an added token spelled the same way
-            if piece not in special or data not in self.bytes_to_id:
-                self.bytes_to_id.setdefault(data, token_id)
+        for want_special in (False, True):
+            for token_id, (piece, data) in enumerate(zip(pieces, self.id_to_bytes)):
+                if (piece in special) == want_special:
+                    self.bytes_to_id.setdefault(data, token_id)
 
     def token(self, token_id: int) -> tuple[str, list[int]]:
         """(text, bytes) of one id, as the OpenAI API names a token."""
