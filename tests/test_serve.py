@@ -119,6 +119,8 @@ def test_errors_follow_the_openai_conventions(server, client):
                                        logprobs=True, top_logprobs=21)
     with pytest.raises(openai.BadRequestError, match="context"):
         client.completions.create(model=NAME, prompt="x", max_tokens=10_000)
+    with pytest.raises(openai.BadRequestError, match="token ids"):
+        client.completions.create(model=NAME, prompt=[1, 10**7], max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model=NAME, messages="not a list", max_tokens=2)
 
@@ -127,3 +129,16 @@ def test_the_key_is_never_echoed(server):
     with pytest.raises(openai.AuthenticationError) as error:
         openai.OpenAI(base_url=f"{server}/v1", api_key=KEY + "x", max_retries=0).models.list()
     assert KEY not in str(error.value)
+
+
+def test_seeded_sampling_is_reproducible_even_when_requests_arrive_together(client):
+    def ask(seed):
+        response = client.chat.completions.create(
+            model=NAME, messages=MESSAGES, max_completion_tokens=6, temperature=1.0, seed=seed)
+        return response.choices[0].message.content
+
+    alone = [ask(seed) for seed in (1, 1, 2)]
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(ask, [1, 2, 1, 2, 1, 2]))
+    assert alone[0] == alone[1]
+    assert together == [alone[0], alone[2]] * 3

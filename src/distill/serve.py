@@ -39,9 +39,7 @@ from pydantic import BaseModel, ConfigDict
 
 from .data import encode_chat
 from .sampling import generate, stop_token_ids
-from .vocab import TokenBytes
-
-MAX_TOP_LOGPROBS = 20  # the OpenAI API's limit, kept so clients see the same contract
+from .vocab import MAX_TOP_LOGPROBS, TokenBytes
 
 
 class ApiError(Exception):
@@ -95,8 +93,8 @@ class Job:
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
     def batch_key(self):
-        # seeded sampling must run alone to be reproducible; greedy ignores the seed
-        alone = self.seed if self.do_sample and self.seed is not None else None
+        # seeded sampling runs alone (its own random stream); greedy ignores the seed
+        alone = id(self) if self.do_sample and self.seed is not None else None
         return (self.do_sample, self.temperature, self.top_p, alone)
 
 
@@ -124,22 +122,30 @@ class Worker:
 
     def _loop(self):
         while True:
-            pending = [self.queue.get()]
-            deadline = time.monotonic() + self.wait
-            while len(pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
-                try:
-                    pending.append(self.queue.get(timeout=left))
-                except queue.Empty:
-                    break
-            groups: dict = {}
-            for item in pending:
-                if isinstance(item, Job):
+            try:
+                self._serve_once()
+            except Exception as error:  # never let the one model thread die
+                print(f"distill serve: worker error: {error!r}")
+
+    def _serve_once(self):
+        pending = [self.queue.get()]
+        deadline = time.monotonic() + self.wait
+        while len(pending) < self.max_batch_size and (left := deadline - time.monotonic()) > 0:
+            try:
+                pending.append(self.queue.get(timeout=left))
+            except queue.Empty:
+                break
+        groups: dict = {}
+        for item in pending:
+            if isinstance(item, Job):
+                if item.future.set_running_or_notify_cancel():  # False: its caller left
                     groups.setdefault(item.batch_key(), []).append(item)
-                else:
-                    function, args, future = item
+            else:
+                function, args, future = item
+                if future.set_running_or_notify_cancel():
                     _settle(future, function, *args)
-            for jobs in groups.values():
-                self._generate(jobs)
+        for jobs in groups.values():
+            self._generate(jobs)
 
     def _generate(self, jobs: list[Job]):
         self.batch_sizes[len(jobs)] += 1
@@ -264,7 +270,8 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest):
-        max_tokens = body.max_completion_tokens or body.max_tokens or 256
+        max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens)
+                           if n is not None), 256)
         top = (body.top_logprobs or 0) if body.logprobs else 0
         try:
             prompt_ids = encode_chat(tokenizer, body.messages)
@@ -297,6 +304,8 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
             tokenizer(body.prompt)["input_ids"]
         if not prompt_ids:
             raise ApiError(400, "prompt is empty")
+        if not all(0 <= i < len(vocab.id_to_bytes) for i in prompt_ids):
+            raise ApiError(400, f"prompt token ids must be in 0..{len(vocab.id_to_bytes) - 1}")
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         top = body.logprobs or 0
         check(body, max_tokens, len(prompt_ids), top)
@@ -309,7 +318,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
         alternatives = [list(zip(*pair)) for pair in
                         zip(output.get("topk_ids", [[]] * len(ids)),
                             output.get("topk_logprobs", [[]] * len(ids)))]
-        if body.echo:
+        if body.echo and body.logprobs is not None:  # scoring only when asked for
             prompt_chosen, prompt_alternatives = await asyncio.wrap_future(
                 worker.call(score_prompt, model, prompt_ids, top))
             shown_ids = prompt_ids + shown_ids
