@@ -4,6 +4,7 @@ survived and counted, answers cached, failures retried on re-run, and bad
 configurations stopped with a clear message before anything is written."""
 
 import email.utils
+import json
 import os
 import random
 import socket
@@ -308,3 +309,27 @@ def test_distill_run_stops_before_creating_the_run_folder(server, tmp_path):
         assert result.returncode == 2, result.stderr
         assert message in result.stderr
         assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.e2e
+def test_notebook_01_with_a_text_only_api_teacher(server, tmp_path):
+    """Notebook 01 end to end on the openai backend without log-probs: text-only
+    samples, the health report written, the key in no output."""
+    import papermill
+
+    from distill.pipeline import notebooks_dir
+
+    run_dir, executed = tmp_path / "run", tmp_path / "01_teacher_sampling.ipynb"
+    papermill.execute_notebook(
+        str(notebooks_dir() / "01_teacher_sampling.ipynb"), str(executed),
+        parameters={"run_dir": str(run_dir), "backend": "openai", "base_url": f"{server}/v1",
+                    "model": NAME, "api_key_env": KEY_ENV, "top_k_logprobs": 0,
+                    "heldout_size": 2, "train_size": 4, "max_new_tokens": 4,
+                    "request_cache": False},
+        kernel_name="python3", progress_bar=False)
+    samples = sampling.read_samples(run_dir)
+    assert len(samples) == 6 and (samples["topk_ids"].map(len) == 0).all()
+    assert json.loads((run_dir / "api_health.json").read_text())["succeeded"] == 6
+    assert (run_dir / "figures" / "api_health.png").is_file()
+    text = executed.read_text()
+    assert "text only" in text and KEY not in text
