@@ -79,13 +79,13 @@ def api_run(served_teacher, key, tmp_path_factory):
     patch.setenv("DISTILL_CACHE", str(cache))
     patch.setenv(KEY_ENV, key)
     # The proxy's draws are a seeded stream: seed 15 injects each kind of fault (5 in all)
-    proxy = FaultProxy(served_teacher, rate=0.15, seed=15, slow_s=25.0, retry_after_s=0.2)
+    proxy = FaultProxy(served_teacher, rate=0.15, seed=15, slow_s=45.0, retry_after_s=0.2)
     try:
         with proxy as url:
             run_dir = run_pipeline(ROOT / "params" / "smoke.yaml", [
                 f"run.output_dir={output_dir}", "run.name=smoke-api",
                 "teacher_sampling.backend=openai", f"teacher_sampling.base_url={url}/v1",
-                f"teacher_sampling.api_key_env={KEY_ENV}", "teacher_sampling.request_timeout=20",
+                f"teacher_sampling.api_key_env={KEY_ENV}", "teacher_sampling.request_timeout=40",
                 "teacher_sampling.retry_backoff=0.2"])
     finally:
         patch.undo()

@@ -94,9 +94,9 @@ def _plain(value):
 
 
 def test_faults_are_survived_and_counted(server, teacher_tokenizer, prompts, tmp_path):
-    proxy = FaultProxy(server, rate=0.3, seed=3, slow_s=1.5, retry_after_s=0.05)
+    proxy = FaultProxy(server, rate=0.3, seed=3, slow_s=3.0, retry_after_s=0.05)
     with proxy as url:
-        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, request_timeout=1.0)
+        stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, request_timeout=2.5)
     samples = sampling.read_samples(tmp_path)
     train, heldout = prompts
     assert sorted(samples["prompt_id"]) == sorted(p["prompt_id"] for p in train + heldout)
