@@ -197,11 +197,13 @@ def _free_port() -> int:
     ({"api_key_env": "DISTILL_TEST_WRONG_KEY"}, "refused the API key in \\$DISTILL_TEST_WRONG"),
     ({"model": "no-such-model"}, "'no-such-model' is not served"),
     ({"api_key_env": "DISTILL_TEST_UNSET_KEY"}, "DISTILL_TEST_UNSET_KEY is not set"),
+    ({"base_url": "{server}"}, "404 to both /models and /chat/completions.*ends in /v1"),
 ])
 def test_bad_configuration_stops_with_a_clear_message(server, monkeypatch, change, message):
     monkeypatch.setenv("DISTILL_TEST_WRONG_KEY", "wrong")
     monkeypatch.delenv("DISTILL_TEST_UNSET_KEY", raising=False)
-    settings = {"base_url": f"{server}/v1", **change}
+    settings = {"base_url": f"{server}/v1",
+                **{k: v.format(server=server) for k, v in change.items()}}
     with pytest.raises(ApiTeacherError, match=message) as error:
         check_endpoint(endpoint(server, **settings))
     assert KEY not in str(error.value)
