@@ -13,12 +13,8 @@ injected vs faults counted by the health report and samples lost.
 import argparse
 import json
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from distill import health, sampling
@@ -26,25 +22,7 @@ from distill.api_teacher import Endpoint, sample_api
 from distill.data import load_prompts, split_prompts
 from distill.faults import FaultProxy
 from distill.models import load_model
-
-
-def start_server(teacher: str, max_batch_size: int) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "distill.cli", "serve", teacher,
-                               "--port", str(port), "--max-batch-size", str(max_batch_size)])
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(360):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return server, url
-        except OSError:
-            if server.poll() is not None:
-                break
-            time.sleep(0.5)
-    server.kill()
-    raise SystemExit("distill serve did not start")
+from distill.serve import launch
 
 
 def main():
@@ -68,7 +46,7 @@ def main():
                 "top_p": 1.0, "top_k_logprobs": 20}
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("DISTILL_BENCH_KEY", "unused")  # distill serve runs without a key
-    server, url = start_server(args.teacher, max(levels))
+    server, url = launch(args.teacher, "--max-batch-size", str(max(levels)))
     _, tokenizer = load_model(args.teacher)
     results = {"prompts": len(train), **settings, "api": {}}
     work = Path(tempfile.mkdtemp(prefix="distill-api-bench-"))

@@ -10,11 +10,6 @@ Minutes, not seconds: marked e2e."""
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +19,12 @@ from distill import models, sampling
 from distill.data import encode_chat
 from distill.faults import FaultProxy
 from distill.pipeline import run_pipeline
+from distill.serve import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "smollm2-135m-instruct"
 KEY_ENV = "DISTILL_E2E_API_KEY"
 pytestmark = pytest.mark.e2e
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +36,13 @@ def key():
 def served_teacher(key, tmp_path_factory):
     """`distill serve` in a subprocess, as a user starts it."""
     models.resolve_model_path(TEACHER)  # converted once, before the server needs it
-    port, log = _free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as output:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "distill.cli", "serve", TEACHER, "--port", str(port),
-             "--api-key-env", KEY_ENV], env={**os.environ, KEY_ENV: key},
-            stdout=output, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
         try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"distill serve did not start:\n{log.read_text()}")
-            time.sleep(0.5)
+            server, url = launch(TEACHER, "--api-key-env", KEY_ENV,
+                                 env={**os.environ, KEY_ENV: key}, output=output)
+        except RuntimeError as error:
+            pytest.fail(f"{error}:\n{log.read_text()}")
     yield url
     server.terminate()
     server.wait(timeout=30)

@@ -7,7 +7,6 @@ import email.utils
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from distill.api_teacher import (
 )
 from distill.data import load_prompts, split_prompts
 from distill.faults import FaultProxy
-from distill.serve import BackgroundServer, create_app
+from distill.serve import BackgroundServer, create_app, free_port
 from distill.vocab import TokenBytes
 
 KEY_ENV, KEY = "DISTILL_TEST_API_KEY", "sk-test-9d41c7a0e2"
@@ -186,14 +185,8 @@ def test_an_endpoint_that_is_down_stops_the_run(teacher_tokenizer, prompts, tmp_
     assert not list(tmp_path.rglob("*.parquet"))
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.parametrize("change, message", [
-    ({"base_url": f"http://127.0.0.1:{_free_port()}/v1"}, "cannot reach"),
+    ({"base_url": f"http://127.0.0.1:{free_port()}/v1"}, "cannot reach"),
     ({"api_key_env": "DISTILL_TEST_WRONG_KEY"}, "refused the API key in \\$DISTILL_TEST_WRONG"),
     ({"model": "no-such-model"}, "'no-such-model' is not served"),
     ({"api_key_env": "DISTILL_TEST_UNSET_KEY"}, "DISTILL_TEST_UNSET_KEY is not set"),
@@ -299,7 +292,7 @@ def test_health_summary_counts_and_percentiles(tmp_path):
 def test_distill_run_stops_before_creating_the_run_folder(server, tmp_path):
     """The CLI checks the endpoint before any write: exit 2, a message, no run folder."""
     smoke = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
-    for change, message in [(f"base_url=http://127.0.0.1:{_free_port()}/v1", "cannot reach"),
+    for change, message in [(f"base_url=http://127.0.0.1:{free_port()}/v1", "cannot reach"),
                             (f"base_url={server}/v1", "refused the API key")]:
         result = subprocess.run(
             [sys.executable, "-m", "distill.cli", "run", str(smoke), "--set",

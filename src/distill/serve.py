@@ -25,8 +25,11 @@ import os
 import queue
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -282,12 +285,14 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
         ids = output["completion_ids"]
         logprobs = None
         if body.logprobs:
+            top_ids = output.get("topk_ids") or [[] for _ in ids]
+            top_logprobs = output.get("topk_logprobs") or [[] for _ in ids]
             logprobs = {"content": [
-                {**_token(vocab, token_id), "logprob": output["token_logprobs"][i],
-                 "top_logprobs": [{**_token(vocab, alt), "logprob": lp} for alt, lp in
-                                  zip(output.get("topk_ids", [[]] * len(ids))[i],
-                                      output.get("topk_logprobs", [[]] * len(ids))[i])]}
-                for i, token_id in enumerate(ids)]}
+                {**_token(vocab, token_id), "logprob": chosen,
+                 "top_logprobs": [{**_token(vocab, alt), "logprob": lp}
+                                  for alt, lp in zip(alt_ids, alt_logprobs)]}
+                for token_id, chosen, alt_ids, alt_logprobs
+                in zip(ids, output["token_logprobs"], top_ids, top_logprobs)]}
         # JSONResponse directly: FastAPI's generic encoder is slow on thousands of
         # log-prob entries, and it runs on the event loop every client waits on
         return JSONResponse({"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
@@ -373,6 +378,35 @@ def api_key_from_env(name: str | None) -> str | None:
         raise ValueError(f"--api-key-env {name}: the environment variable {name} is not set "
                          f"or empty; export {name}=<key> first, or drop --api-key-env")
     return key
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a server started right after)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def launch(model: str, *options: str, env: dict | None = None, output=None,
+           timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start `distill serve MODEL OPTIONS...` in its own process on a free loopback port
+    and wait until it answers /health. Returns (process, base URL without /v1); the
+    caller terminates the process. `output`: a file for its stdout and stderr."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "serve", model, "--port", str(port), *options],
+        env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"distill serve {model} did not start on {url}") from None
+            time.sleep(0.5)
 
 
 class BackgroundServer:
