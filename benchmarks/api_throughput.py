@@ -17,12 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill import health, sampling
-from distill.api_teacher import Endpoint, sample_api
+from distill import sampling
+from distill.api import health
+from distill.api.client import Endpoint
+from distill.api.teacher import sample_api
 from distill.data import load_prompts, split_prompts
-from distill.faults import FaultProxy
 from distill.models import load_model
-from distill.serve import launch
+from distill.samples import read_samples
+from distill.testing import FaultProxy, launch
 
 
 def main():
@@ -74,7 +76,7 @@ def main():
             with proxy as proxy_url:
                 run, report = api_run("faults", proxy_url, max(levels),
                                       request_timeout=args.fault_timeout, max_retries=8)
-            samples = sampling.read_samples(work / "faults")
+            samples = read_samples(work / "faults")
             results["faults"] = {
                 **run, "injected": dict(proxy.injected),
                 "counted": {"rate_limited": report["errors"]["rate_limited"],

@@ -9,8 +9,8 @@ import argparse
 import time
 
 from distill.data import encode_chat, load_prompts, split_prompts
+from distill.generation import generate_all
 from distill.models import load_model
-from distill.sampling import generate_all
 
 
 def main():

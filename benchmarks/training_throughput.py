@@ -29,8 +29,9 @@ def sample(run_dir: Path, prompts: int):
 
 def train_once(run_dir: Path, source: str, precision: str, steps: int) -> dict:
     from distill.models import load_model, prune_layers
-    from distill.sampling import read_samples
-    from distill.training import build_examples, train
+    from distill.params import StudentTrainingParams
+    from distill.samples import build_examples, read_samples
+    from distill.training import train
 
     teacher, tokenizer = load_model("smollm2-135m-instruct")
     student = prune_layers(teacher)
@@ -38,11 +39,13 @@ def train_once(run_dir: Path, source: str, precision: str, steps: int) -> dict:
         teacher = None
     examples = build_examples(read_samples(run_dir))
     with tempfile.TemporaryDirectory() as scratch:
-        log = train(student, examples, Path(scratch), pad_id=tokenizer.pad_token_id, seed=0,
-                    epochs=1, max_steps=steps, batch_size=8, grad_accum=1, lr=1e-4,
-                    warmup_steps=1, weight_decay=0.0, max_grad_norm=1.0,
-                    mixed_precision=precision, checkpoint_every=10**9, ce_weight=0.0,
-                    kd_weight=1.0, temperature=1.0, kd_source=source, teacher=teacher)
+        config = StudentTrainingParams(
+            epochs=1, max_steps=steps, batch_size=8, grad_accum=1, lr=1e-4, warmup_steps=1,
+            weight_decay=0.0, max_grad_norm=1.0, mixed_precision=precision,
+            checkpoint_every=10**9, ce_weight=0.0, kd_weight=1.0, temperature=1.0,
+            kd_source=source)
+        log = train(student, examples, Path(scratch), config, seed=0, teacher=teacher,
+                    tokenizer=tokenizer)
     timed = log.iloc[1:]
     return {"source": source, "precision": precision, "steps": len(timed),
             "tokens_per_second": timed["tokens"].sum() / timed["seconds"].sum(),

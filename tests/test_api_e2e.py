@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill import models, sampling
+from distill import generation, models, samples
 from distill.data import encode_chat
-from distill.faults import FaultProxy
 from distill.pipeline import run_pipeline
-from distill.serve import launch
+from distill.testing import FaultProxy, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "smollm2-135m-instruct"
@@ -74,8 +73,8 @@ def api_run(served_teacher, key, tmp_path_factory):
 
 def test_every_prompt_sampled_once_and_the_faults_counted(api_run):
     run_dir, proxy, _ = api_run
-    samples = sampling.read_samples(run_dir)
-    assert len(samples) == 32 and samples["prompt_id"].is_unique
+    frame = samples.read_samples(run_dir)
+    assert len(frame) == 32 and frame["prompt_id"].is_unique
     assert proxy.forwarded == {200: 32}
     assert set(proxy.injected) == {"rate_limited", "server_error", "slow", "drop"}
     report = json.loads((run_dir / "api_health.json").read_text())
@@ -84,7 +83,7 @@ def test_every_prompt_sampled_once_and_the_faults_counted(api_run):
     assert report["errors"]["server_error"] == proxy.injected["server_error"]
     assert report["errors"]["timeout"] == proxy.injected["slow"]
     assert report["errors"]["connection"] == proxy.injected["drop"]
-    assert report["completion_tokens"] == sum(len(ids) for ids in samples["completion_ids"])
+    assert report["completion_tokens"] == sum(len(ids) for ids in frame["completion_ids"])
     assert (run_dir / "figures" / "api_health.png").is_file()
     assert (run_dir / "api_requests.csv").is_file()
 
@@ -94,10 +93,10 @@ def test_api_logprobs_equal_the_local_backend(api_run):
     the same prompts. Batches differ (so does float rounding): compare where the two
     answers agree, and ask that they agree almost everywhere."""
     run_dir, _, _ = api_run
-    api = sampling.read_samples(run_dir, split="heldout")
+    api = samples.read_samples(run_dir, split="heldout")
     model, tokenizer = models.load_model(TEACHER)
     chats = [json.loads(m) for m in api["messages"]]
-    local = sampling.generate(model, tokenizer, [encode_chat(tokenizer, c) for c in chats],
+    local = generation.generate(model, tokenizer, [encode_chat(tokenizer, c) for c in chats],
                               max_new_tokens=24, top_k_logprobs=20)
     compared = total = 0
     for row, reference in zip(api.itertuples(), local):

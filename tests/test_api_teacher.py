@@ -17,21 +17,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill import health, plots, sampling
-from distill.api_teacher import (
+from distill import samples, sampling
+from distill.api import health
+from distill.api.client import (
     ApiTeacherError,
     Endpoint,
     RequestCache,
     backoff,
     check_endpoint,
-    response_to_sample,
     retry_after,
-    sample_api,
 )
+from distill.api.server import create_app
+from distill.api.teacher import response_to_sample, sample_api
 from distill.data import load_prompts, split_prompts
-from distill.faults import FaultProxy
-from distill.serve import BackgroundServer, create_app, free_port
-from distill.vocab import TokenBytes
+from distill.testing import BackgroundServer, FaultProxy, free_port
+from distill.token_bytes import TokenBytes
 
 KEY_ENV, KEY = "DISTILL_TEST_API_KEY", "sk-test-9d41c7a0e2"
 NAME = "tiny-teacher"
@@ -76,7 +76,7 @@ def test_api_samples_equal_the_local_backend(server, tiny_model_teacher_vocab,
     train, heldout = prompts
     sampling.sample_teacher(tiny_model_teacher_vocab, teacher_tokenizer, train, heldout,
                             tmp_path / "local", seed=0, shard_size=8, batch_size=4, **SETTINGS)
-    api, local = (sampling.read_samples(tmp_path / name) for name in ("api", "local"))
+    api, local = (samples.read_samples(tmp_path / name) for name in ("api", "local"))
     assert stats["with_logprobs"] == len(api) == len(local) == 24
     columns = ["prompt_id", "split", "prompt_ids", "completion_ids", "completion", "topk_ids"]
     for column in columns:
@@ -96,9 +96,9 @@ def test_faults_are_survived_and_counted(server, teacher_tokenizer, prompts, tmp
     proxy = FaultProxy(server, rate=0.3, seed=3, slow_s=3.0, retry_after_s=0.05)
     with proxy as url:
         stats, log = sample(url, teacher_tokenizer, prompts, tmp_path, request_timeout=2.5)
-    samples = sampling.read_samples(tmp_path)
+    frame = samples.read_samples(tmp_path)
     train, heldout = prompts
-    assert sorted(samples["prompt_id"]) == sorted(p["prompt_id"] for p in train + heldout)
+    assert sorted(frame["prompt_id"]) == sorted(p["prompt_id"] for p in train + heldout)
     assert stats["failed_prompts"] == []
     assert proxy.forwarded == {200: 24}  # each prompt generated exactly once upstream
     report = health.summarize(health.requests_frame(log.records), 24, 0)
@@ -119,7 +119,7 @@ def test_rerun_is_served_from_the_cache(server, teacher_tokenizer, prompts, tmp_
     # the proxy is gone, so the endpoint is unreachable: only the cache can answer
     stats, log = sample(url, teacher_tokenizer, prompts, tmp_path / "b", tmp_path / "cache")
     assert {r["outcome"] for r in log.records} == {"cached"}
-    a, b = (sampling.read_samples(tmp_path / name) for name in "ab")
+    a, b = (samples.read_samples(tmp_path / name) for name in "ab")
     pd.testing.assert_frame_equal(a, b)
     assert stats["tokens"] == first["tokens"]
 
@@ -131,13 +131,13 @@ def test_failed_prompts_are_recorded_and_only_they_are_asked_again(server, teach
     failed = stats["failed_prompts"]
     assert 0 < len(failed) < 24
     assert {r["prompt_id"] for r in log.records if r["status"] == 500} == set(failed)
-    first = sampling.read_samples(tmp_path)
+    first = samples.read_samples(tmp_path)
     assert len(first) == 24 - len(failed)
     # no cache: only the missing prompts are requested again, the others are kept
     stats, log = sample(server, teacher_tokenizer, prompts, tmp_path)
     assert sorted(r["prompt_id"] for r in log.records) == sorted(failed)
     assert stats["failed_prompts"] == []
-    again = sampling.read_samples(tmp_path)
+    again = samples.read_samples(tmp_path)
     train, heldout = prompts
     assert list(again["prompt_id"]) == [p["prompt_id"] for p in heldout + train]
     pd.testing.assert_frame_equal(again[~again["prompt_id"].isin(failed)].reset_index(drop=True),
@@ -285,7 +285,7 @@ def test_health_summary_counts_and_percentiles(tmp_path):
     assert rates["attempts"].tolist() == [4, 3, 4]
     assert rates["rate_limited"].tolist() == pytest.approx([0.25, 0, 0])
     assert rates["t_s"].tolist() == pytest.approx([1.5, 4.5, 7.5])
-    plots.api_health(frame, rates, tmp_path)
+    health.plot(frame, rates, tmp_path)
     assert (tmp_path / "figures" / "api_health.png").stat().st_size > 0
 
 
@@ -322,8 +322,8 @@ def test_notebook_01_with_a_text_only_api_teacher(server, tmp_path):
                     "heldout_size": 2, "train_size": 4, "max_new_tokens": 4,
                     "request_cache": False},
         kernel_name="python3", progress_bar=False)
-    samples = sampling.read_samples(run_dir)
-    assert len(samples) == 6 and (samples["topk_ids"].map(len) == 0).all()
+    frame = samples.read_samples(run_dir)
+    assert len(frame) == 6 and (frame["topk_ids"].map(len) == 0).all()
     assert json.loads((run_dir / "api_health.json").read_text())["succeeded"] == 6
     assert (run_dir / "figures" / "api_health.png").is_file()
     text = executed.read_text()

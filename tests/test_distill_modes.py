@@ -5,20 +5,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import compare, models, training
+from distill import compare, models, runs, samples, training
 from distill.losses import IGNORE_INDEX, HiddenStateLoss
 from distill.params import ParamsError
-from test_training import _samples, _settings
+from test_samples import _samples
+from test_training import _config
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_on_policy_mask_covers_exactly_the_generated_tokens(tiny_model, mini_tokenizer):
-    examples = training.build_examples(_samples(n=4))
+    examples = samples.build_examples(_samples(n=4))
     tokenizer = mini_tokenizer(eos_token_id=63)
     fresh = training.on_policy_examples(tiny_model, tokenizer, examples, max_new_tokens=5,
                                         temperature=1.0)
-    batch = training.collate(fresh, pad_id=0)
+    batch = samples.collate(fresh, pad_id=0)
     for row, (old, new) in enumerate(zip(examples, fresh)):
         prompt = old.input_ids[:old.prompt_length]
         generated = new.input_ids[len(prompt):]
@@ -37,18 +38,18 @@ def test_on_policy_mask_covers_exactly_the_generated_tokens(tiny_model, mini_tok
 def test_lmbda_decides_how_many_batches_are_on_policy(tmp_path, tiny_model_factory,
                                                       mini_tokenizer, lmbda, expected):
     teacher, student = tiny_model_factory(seed=3), tiny_model_factory(seed=4)
-    log = training.train(student, training.build_examples(_samples(n=8)), tmp_path,
-                         teacher=teacher, tokenizer=mini_tokenizer(eos_token_id=63), lmbda=lmbda,
-                         on_policy_max_new_tokens=4, **_settings(max_steps=2))
+    log = training.train(student, samples.build_examples(_samples(n=8)), tmp_path,
+                         _config(max_steps=2, lmbda=lmbda, on_policy_max_new_tokens=4),
+                         teacher=teacher, tokenizer=mini_tokenizer(eos_token_id=63))
     assert log["on_policy_batches"].tolist() == [expected, expected]
     assert (log["kd"] > 0).all()
 
 
 def test_teacher_required_for_online_hidden_and_on_policy(tmp_path, tiny_model):
-    examples = training.build_examples(_samples(n=4))
+    examples = samples.build_examples(_samples(n=4))
     for option in ({"kd_source": "online"}, {"hidden_weight": 1.0}, {"lmbda": 0.5}):
         with pytest.raises(ValueError, match="need the teacher"):
-            training.train(tiny_model, examples, tmp_path, **option, **_settings())
+            training.train(tiny_model, examples, tmp_path, _config(**option))
 
 
 @pytest.mark.parametrize("kd_source,teacher_calls", [("online", 4), ("topk", 0)])
@@ -59,8 +60,8 @@ def test_kd_source_decides_whether_the_teacher_runs(tmp_path, tiny_model_factory
     kd_source=online and so timed top-k twice.)"""
     teacher, calls = tiny_model_factory(seed=3), []
     teacher.register_forward_hook(lambda *args: calls.append(1))
-    training.train(tiny_model_factory(seed=4), training.build_examples(_samples(n=8)), tmp_path,
-                   **_settings(max_steps=4), kd_source=kd_source, teacher=teacher)
+    training.train(tiny_model_factory(seed=4), samples.build_examples(_samples(n=8)), tmp_path,
+                   _config(max_steps=4, kd_source=kd_source), teacher=teacher)
     assert len(calls) == teacher_calls
 
 
@@ -115,9 +116,9 @@ def test_training_with_hidden_states_logs_and_lowers_the_hidden_loss(tmp_path,
     student = models.prune_layers(teacher, [0, 2])
     for parameter in student.parameters():  # start away from the teacher
         parameter.data.add_(0.05 * torch.randn_like(parameter))
-    log = training.train(student, training.build_examples(_samples(n=8)), tmp_path,
-                         teacher=teacher, hidden_weight=1.0, hidden_loss="mse",
-                         **_settings(max_steps=12, lr=3e-3, kd_weight=0.0))
+    log = training.train(student, samples.build_examples(_samples(n=8)), tmp_path,
+                         _config(max_steps=12, lr=3e-3, kd_weight=0.0, hidden_weight=1.0,
+                                 hidden_loss="mse"), teacher=teacher)
     assert "hidden" in log
     assert log["hidden"].iloc[-3:].mean() < log["hidden"].iloc[:3].mean()
 
@@ -156,8 +157,9 @@ def _fake_run(folder: Path, kd_loss: str, kl: float) -> Path:
     (folder / "params.yaml").write_text(yaml.safe_dump(
         {"student_training": {"ce_weight": 0.0, "kd_weight": 1.0, "kd_loss": kd_loss,
                               "kd_source": "topk"}}))
-    (folder / "metrics.json").write_text(json.dumps(
-        {"models": {"student": {"heldout_kl": kl, "top1_agreement": 0.5}}}))
+    runs.write_metrics(folder, pd.DataFrame(
+        {"student": {"heldout_kl": kl, "top1_agreement": 0.5,
+                     "generation_tokens_per_second": 10.0}}).T, heldout_prompts=4)
     pd.DataFrame({"tokens": [100, 300], "seconds": [1.0, 3.0],
                   "peak_memory_mb": [900.0, 1000.0]}).to_csv(folder / "train_log.csv")
     (folder / "manifest.json").write_text(json.dumps(
@@ -177,6 +179,10 @@ def test_compare_runs_lines_up_students(tmp_path):
     assert table["wall_seconds"].tolist() == [6.0, 6.0]
     with pytest.raises(FileNotFoundError, match="03_evaluation"):
         compare.summarize_run(tmp_path)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "metrics.json").write_text('{"schema_version": 99, "models": {}}')
+    with pytest.raises(ValueError, match="schema version 99"):
+        compare.summarize_run(tmp_path / "c")
 
 
 def test_share_samples_links_the_shards(tmp_path):

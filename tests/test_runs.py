@@ -95,3 +95,36 @@ def test_json_round_trip_and_default(tmp_path):
     runs.write_json(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     assert runs.read_json(tmp_path / "a.json") == {"a": [1, 2], "b": 1}
     assert runs.read_json(tmp_path / "missing.json", default={"x": 0}) == {"x": 0}
+
+
+def test_metrics_are_written_and_read_in_one_schema(tmp_path):
+    import pandas as pd
+
+    table = pd.DataFrame({"teacher": {"heldout_kl": 0.0, "generation_tokens_per_second": 50.0},
+                          "student": {"heldout_kl": 2.5, "generation_tokens_per_second": 80.0}}).T
+    written = runs.write_metrics(tmp_path, table, heldout_prompts=8)
+    read = runs.read_metrics(tmp_path)
+    assert read == written
+    assert read["schema_version"] == runs.METRICS_SCHEMA_VERSION and read["heldout_prompts"] == 8
+    # speed varies between runs of the same params: kept apart from the quality figures
+    assert read["models"]["student"] == {"heldout_kl": 2.5}
+    assert read["speed"]["student"] == {"generation_tokens_per_second": 80.0}
+
+
+def test_notebook_run_dir_defaults_to_a_notebook_folder(tmp_path):
+    given = runs.notebook_run_dir(tmp_path / "run", "unused", "x")
+    assert given == tmp_path / "run" and given.is_dir()
+    by_hand = runs.notebook_run_dir(None, tmp_path / "outputs", "trial")
+    assert by_hand == tmp_path / "outputs" / "trial-notebook" and by_hand.is_dir()
+
+
+def test_figures_land_in_the_run_folder(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure = plt.figure()
+    assert runs.save_figure(figure, tmp_path, "curve") is figure
+    assert (tmp_path / runs.FIGURES / "curve.png").stat().st_size > 0
+    assert runs.save_figure(figure, None, "nowhere") is figure

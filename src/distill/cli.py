@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
 
-    from .api_teacher import ApiTeacherError
+    from .api.client import ApiTeacherError
     from .pipeline import StageFailed, run_pipeline, run_sweep
 
     try:
@@ -86,11 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(args) -> int:
     import uvicorn
 
+    from .api import api_key_from_env
+    from .api.server import create_app, load_for_serving
     from .models import ModelNotFound
-    from .serve import api_key_from_env, create_app, load_for_serving
 
     try:
-        api_key = api_key_from_env(args.api_key_env)
+        api_key = None if args.api_key_env is None else api_key_from_env(
+            args.api_key_env, f"--api-key-env {args.api_key_env}: the environment variable "
+            f"{args.api_key_env} is not set or empty; export {args.api_key_env}=<key> first, "
+            "or drop --api-key-env")
         model, tokenizer, name = load_for_serving(args.model, args.dtype)
     except (ValueError, ModelNotFound) as error:
         print(f"distill: error: {error}", file=sys.stderr)

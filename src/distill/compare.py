@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from .losses import OBJECTIVES
 from .params import ParamsError, load_params
-from .runs import MANIFEST, METRICS, PARAMS, SAMPLES, SAMPLING_STATS, TRAIN_LOG, read_json
+from .runs import MANIFEST, PARAMS, SAMPLES, SAMPLING_STATS, TRAIN_LOG, read_json, read_metrics
 
 # what each column of the comparison means, in the order shown
 COLUMNS = {
@@ -41,9 +42,7 @@ COLUMNS = {
 def summarize_run(run_dir: str | Path) -> dict:
     """One row: what the run changed (its objective) and how its student did."""
     run_dir = Path(run_dir)
-    metrics = read_json(run_dir / METRICS)
-    if metrics is None:
-        raise FileNotFoundError(f"{run_dir / METRICS}: no metrics; run 03_evaluation first")
+    metrics = read_metrics(run_dir)
     params = yaml.safe_load((run_dir / PARAMS).read_text())
     training = params["student_training"]
     log = pd.read_csv(run_dir / TRAIN_LOG)
@@ -65,12 +64,8 @@ def describe_objective(training: dict) -> str:
     if training.get("ce_weight"):
         parts.append("ce" if training["ce_weight"] == 1 else f"{training['ce_weight']:g} ce")
     if training.get("kd_weight"):
-        name = training.get("kd_loss", "forward_kl")
-        option = {"generalized_jsd": "kd_beta", "skew_kl": "kd_alpha",
-                  "skew_reverse_kl": "kd_alpha"}.get(name)
-        if option:
-            name += f"({training[option]:g})"
-        parts.append(f"{name} ({training.get('kd_source', 'topk')})")
+        objective = OBJECTIVES[training.get("kd_loss", "forward_kl")]
+        parts.append(f"{objective.label(training)} ({training.get('kd_source', 'topk')})")
     if training.get("hidden_weight"):
         parts.append(f"{training['hidden_weight']:g} hidden ({training.get('hidden_loss')})")
     label = " + ".join(parts)

@@ -17,14 +17,15 @@ import math
 import re
 import string
 import time
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import builtin_path, encode_chat
-from .losses import IGNORE_INDEX, forward_kl
-from .sampling import generate_all
-from .training import build_examples, collate
+from .generation import generate_all
+from .losses import IGNORE_INDEX, dense_divergence, forward_kl
+from .samples import build_examples, collate
 
 
 @torch.inference_mode()
@@ -42,8 +43,8 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
         count = int(keep.sum())
         for name, student in students.items():
             student_logits = student(**inputs).logits[:, :-1].float()
-            sums[name]["kl"] += float(forward_kl(student_logits, teacher_logits,
-                                                 batch["labels"])) * count
+            sums[name]["kl"] += float(dense_divergence(
+                forward_kl, student_logits, teacher_logits, batch["labels"])) * count
             same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
             sums[name]["agree"] += int(same[keep].sum())
             sums[name]["tokens"] += count
@@ -125,3 +126,24 @@ def answer_scores(answers: list[str], teacher_answers: list[str],
     scores["reference_in_answer"] = (sum(reference_in_answer(a, r) for a, r in graded)
                                      / len(graded) if graded else None)
     return scores
+
+
+def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities: dict,
+                  scores: dict, speed: dict):
+    """One row per model, one column per figure: size and cost, fidelity under teacher
+    forcing, perplexity, answer scores, generation speed (what metrics.json holds)."""
+    import pandas as pd
+
+    from .models import count_parameters, folder_size
+
+    return pd.DataFrame({
+        name: {
+            "parameters_m": count_parameters(model) / 1e6,
+            "size_mb": folder_size(folders[name]) / 2**20 if Path(folders[name]).is_dir()
+            else None,
+            "heldout_kl": fidelity[name]["kl"],
+            "top1_agreement": fidelity[name]["top1_agreement"],
+            "perplexity": perplexities[name],
+            **scores[name],
+            "generation_tokens_per_second": speed[name],
+        } for name, model in contenders.items()}).T

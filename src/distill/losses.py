@@ -24,6 +24,8 @@ Two teacher signals share one divergence:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +87,9 @@ def topk_buckets(student_logits, topk_ids, topk_logprobs, temperature: float = 1
     return teacher, torch.cat([student_top, student_tail], dim=-1)
 
 
-# --- divergences between two log-prob tensors over the last axis -------------
+# --- the divergences: per position, over the last axis --------------------------
+# Each takes the teacher's and the student's log-probs (log p_T, log p_S), already
+# softened, and returns one value per position. Options are keyword arguments.
 
 def _log_mix(log_p, log_q, weight: float):
     """log(weight * p + (1 - weight) * q), stable in log space."""
@@ -97,15 +101,25 @@ def _log_mix(log_p, log_q, weight: float):
                            log_q.clamp_min(floor) + math.log1p(-weight))
 
 
-def _forward_kl(log_t, log_s):
+def forward_kl(log_t, log_s):
+    """Forward KL, KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)).
+    Mass-covering: the student pays wherever the teacher has mass (Hinton et al.)."""
     return kl_divergence(log_t, log_s)
 
 
-def _reverse_kl(log_t, log_s):
+def reverse_kl(log_t, log_s):
+    """Reverse KL, KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v)).
+    Mode-seeking: the student pays for mass where the teacher has little (MiniLLM)."""
     return kl_divergence(log_s, log_t)
 
 
-def _generalized_jsd(log_t, log_s, beta: float = 0.5):
+def generalized_jsd(log_t, log_s, beta: float = 0.5):
+    """Generalized Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
+    beta * KL(p_T || M) + (1 - beta) * KL(p_S || M), with M = beta p_T + (1 - beta) p_S.
+    beta = 0.5 is the symmetric JSD. Near the ends the mixture formula vanishes like
+    beta * KL(p_T || p_S) (beta -> 0) and (1 - beta) * KL(p_S || p_T) (beta -> 1), so
+    beta = 0 returns forward KL(p_T || p_S) and beta = 1 reverse KL(p_S || p_T), the
+    limits of the family divided by its vanishing weight (as TRL does)."""
     if beta == 0:
         return kl_divergence(log_t, log_s)
     if beta == 1:
@@ -114,19 +128,29 @@ def _generalized_jsd(log_t, log_s, beta: float = 0.5):
     return beta * kl_divergence(log_t, log_m) + (1 - beta) * kl_divergence(log_s, log_m)
 
 
-def _skew_kl(log_t, log_s, alpha: float = 0.1):
+def skew_kl(log_t, log_s, alpha: float = 0.1):
+    """Skew forward KL (DistiLLM, Ko et al. 2024): KL(p_T || alpha p_T + (1 - alpha) p_S).
+    alpha = 0 is forward KL; mixing in the teacher bounds the loss where p_S is tiny."""
     return kl_divergence(log_t, _log_mix(log_t, log_s, alpha))
 
 
-def _skew_reverse_kl(log_t, log_s, alpha: float = 0.1):
+def skew_reverse_kl(log_t, log_s, alpha: float = 0.1):
+    """Skew reverse KL (DistiLLM): KL(p_S || alpha p_S + (1 - alpha) p_T); alpha = 0 is
+    reverse KL."""
     return kl_divergence(log_s, _log_mix(log_s, log_t, alpha))
 
 
-def _total_variation(log_t, log_s):
+def total_variation(log_t, log_s):
+    """Total variation distance, 0.5 * sum_v |p_T(v) - p_S(v)|: symmetric, in [0, 1]."""
     return 0.5 * (log_t.exp() - log_s.exp()).abs().sum(-1)
 
 
-def _dense(divergence, student_logits, teacher_logits, labels, temperature, **options):
+# --- a divergence applied to a batch: the teacher dense or as top-k ------------
+
+def dense_divergence(divergence, student_logits, teacher_logits, labels=None,
+                     temperature: float = 1.0, **options):
+    """Mean of `divergence` over kept positions, the teacher given as full logits
+    (batch, seq, vocab), both sides softened by `temperature`."""
     def per_position(student, teacher):
         return divergence(F.log_softmax(teacher.float() / temperature, -1),
                           F.log_softmax(student.float() / temperature, -1), **options)
@@ -134,110 +158,69 @@ def _dense(divergence, student_logits, teacher_logits, labels, temperature, **op
     return _mean_over_chunks(per_position, [student_logits, teacher_logits], keep)
 
 
-def _sparse(divergence, student_logits, topk_ids, topk_logprobs, labels, temperature,
-            **options):
+def topk_divergence(divergence, student_logits, topk_ids, topk_logprobs, labels=None,
+                    temperature: float = 1.0, **options):
+    """Mean of `divergence` over kept positions, the teacher given as its top-k ids and
+    log-probs (batch, seq, k) plus the tail bucket (see `topk_buckets`)."""
     def per_position(student, ids, logprobs):
         return divergence(*topk_buckets(student, ids, logprobs, temperature), **options)
     keep = _kept_positions(labels, student_logits.shape)
     return _mean_over_chunks(per_position, [student_logits, topk_ids, topk_logprobs], keep)
 
 
-# --- the objectives: dense (teacher logits) and top-k (cached teacher) -------
+# --- the objectives that `kd_loss` names -------------------------------------
+# An objective is called as objective(student_logits, labels, teacher, temperature,
+# options) and returns the KD term: `teacher` is the teacher signal of the batch, a
+# dict from which each objective reads what it needs ('logits' for a teacher in
+# memory; 'topk_ids' and 'topk_logprobs' as cached by stage 01), and `options` are
+# the params' kd_* values. An objective that is not a divergence over one vocabulary
+# (a cross-tokenizer one, say) is another class with the same call, registered in
+# OBJECTIVES beside these.
 
-def forward_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
-    """Forward KL, KL(p_T || p_S) = sum_v p_T(v) (log p_T(v) - log p_S(v)).
-    Mass-covering: the student pays wherever the teacher has mass (Hinton et al.)."""
-    return _dense(_forward_kl, student_logits, teacher_logits, labels, temperature)
+@dataclass(frozen=True)
+class DivergenceObjective:
+    """A divergence between the teacher's and the student's next-token distributions
+    over one vocabulary: dense where the teacher signal has 'logits', else over the
+    cached top-k plus the tail bucket."""
 
+    divergence: Callable
+    option: str | None = None  # the divergence's one keyword; params key 'kd_' + option
 
-def reverse_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
-    """Reverse KL, KL(p_S || p_T) = sum_v p_S(v) (log p_S(v) - log p_T(v)).
-    Mode-seeking: the student pays for mass where the teacher has little (MiniLLM)."""
-    return _dense(_reverse_kl, student_logits, teacher_logits, labels, temperature)
+    @property
+    def name(self) -> str:
+        return self.divergence.__name__
 
+    def dense(self, student_logits, teacher_logits, labels=None, temperature=1.0, **options):
+        return dense_divergence(self.divergence, student_logits, teacher_logits, labels,
+                                temperature, **options)
 
-def generalized_jsd(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
-                    beta: float = 0.5):
-    """Generalized Jensen-Shannon divergence (GKD, Agarwal et al. 2024):
-    beta * KL(p_T || M) + (1 - beta) * KL(p_S || M), with M = beta p_T + (1 - beta) p_S.
-    beta = 0.5 is the symmetric JSD. Near the ends the mixture formula vanishes like
-    beta * KL(p_T || p_S) (beta -> 0) and (1 - beta) * KL(p_S || p_T) (beta -> 1), so
-    beta = 0 returns forward KL(p_T || p_S) and beta = 1 reverse KL(p_S || p_T), the
-    limits of the family divided by its vanishing weight (as TRL does)."""
-    return _dense(_generalized_jsd, student_logits, teacher_logits, labels, temperature,
-                  beta=beta)
+    def topk(self, student_logits, topk_ids, topk_logprobs, labels=None, temperature=1.0,
+             **options):
+        return topk_divergence(self.divergence, student_logits, topk_ids, topk_logprobs,
+                               labels, temperature, **options)
 
+    def __call__(self, student_logits, labels, teacher: dict, temperature: float = 1.0,
+                 options: dict | None = None):
+        keywords = {self.option: (options or {})[f"kd_{self.option}"]} if self.option else {}
+        if teacher.get("logits") is not None:
+            return self.dense(student_logits, teacher["logits"], labels, temperature,
+                              **keywords)
+        return self.topk(student_logits, teacher["topk_ids"], teacher["topk_logprobs"],
+                         labels, temperature, **keywords)
 
-def skew_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
-            alpha: float = 0.1):
-    """Skew forward KL (DistiLLM, Ko et al. 2024): KL(p_T || alpha p_T + (1 - alpha) p_S).
-    alpha = 0 is forward KL; mixing in the teacher bounds the loss where p_S is tiny."""
-    return _dense(_skew_kl, student_logits, teacher_logits, labels, temperature, alpha=alpha)
-
-
-def skew_reverse_kl(student_logits, teacher_logits, labels=None, temperature: float = 1.0,
-                    alpha: float = 0.1):
-    """Skew reverse KL (DistiLLM): KL(p_S || alpha p_S + (1 - alpha) p_T); alpha = 0 is
-    reverse KL."""
-    return _dense(_skew_reverse_kl, student_logits, teacher_logits, labels, temperature,
-                  alpha=alpha)
-
-
-def total_variation(student_logits, teacher_logits, labels=None, temperature: float = 1.0):
-    """Total variation distance, 0.5 * sum_v |p_T(v) - p_S(v)|: symmetric, in [0, 1]."""
-    return _dense(_total_variation, student_logits, teacher_logits, labels, temperature)
-
-
-def forward_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                    temperature: float = 1.0):
-    """Forward KL(p_T || p_S) with the teacher given as top-k ids and log-probs
-    (batch, seq, k) plus the tail bucket (see module docstring)."""
-    return _sparse(_forward_kl, student_logits, topk_ids, topk_logprobs, labels, temperature)
+    def label(self, options: dict) -> str:
+        """The name with its option value, e.g. 'generalized_jsd(0.5)'."""
+        return f"{self.name}({options[f'kd_{self.option}']:g})" if self.option else self.name
 
 
-def reverse_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                    temperature: float = 1.0):
-    """Reverse KL(p_S || p_T) over the teacher's top-k buckets plus the tail."""
-    return _sparse(_reverse_kl, student_logits, topk_ids, topk_logprobs, labels, temperature)
-
-
-def generalized_jsd_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                         temperature: float = 1.0, beta: float = 0.5):
-    """`generalized_jsd` over the teacher's top-k buckets plus the tail."""
-    return _sparse(_generalized_jsd, student_logits, topk_ids, topk_logprobs, labels,
-                   temperature, beta=beta)
-
-
-def skew_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                 temperature: float = 1.0, alpha: float = 0.1):
-    """`skew_kl` over the teacher's top-k buckets plus the tail."""
-    return _sparse(_skew_kl, student_logits, topk_ids, topk_logprobs, labels, temperature,
-                   alpha=alpha)
-
-
-def skew_reverse_kl_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                         temperature: float = 1.0, alpha: float = 0.1):
-    """`skew_reverse_kl` over the teacher's top-k buckets plus the tail."""
-    return _sparse(_skew_reverse_kl, student_logits, topk_ids, topk_logprobs, labels,
-                   temperature, alpha=alpha)
-
-
-def total_variation_topk(student_logits, topk_ids, topk_logprobs, labels=None,
-                         temperature: float = 1.0):
-    """`total_variation` over the teacher's top-k buckets plus the tail."""
-    return _sparse(_total_variation, student_logits, topk_ids, topk_logprobs, labels,
-                   temperature)
-
-
-# name -> (dense, top-k, the option it takes) for the training objective's `kd_loss`
-OBJECTIVES = {
-    "forward_kl": (forward_kl, forward_kl_topk, None),
-    "reverse_kl": (reverse_kl, reverse_kl_topk, None),
-    "generalized_jsd": (generalized_jsd, generalized_jsd_topk, "beta"),
-    "skew_kl": (skew_kl, skew_kl_topk, "alpha"),
-    "skew_reverse_kl": (skew_reverse_kl, skew_reverse_kl_topk, "alpha"),
-    "total_variation": (total_variation, total_variation_topk, None),
-}
+OBJECTIVES = {objective.name: objective for objective in (
+    DivergenceObjective(forward_kl),
+    DivergenceObjective(reverse_kl),
+    DivergenceObjective(generalized_jsd, "beta"),
+    DivergenceObjective(skew_kl, "alpha"),
+    DivergenceObjective(skew_reverse_kl, "alpha"),
+    DivergenceObjective(total_variation),
+)}
 
 
 def cross_entropy(student_logits, labels):
@@ -248,25 +231,18 @@ def cross_entropy(student_logits, labels):
     return F.cross_entropy(student_logits.float()[keep], labels[keep])
 
 
-def distillation_loss(student_logits, labels, *, ce_weight: float, kd_weight: float,
-                      temperature: float, kd_loss: str = "forward_kl", kd_beta: float = 0.5,
-                      kd_alpha: float = 0.1, teacher_logits=None, topk_ids=None,
-                      topk_logprobs=None) -> dict[str, torch.Tensor]:
+def distillation_loss(student_logits, labels, teacher: dict, *, ce_weight: float,
+                      kd_weight: float, temperature: float, kd_loss: str = "forward_kl",
+                      options: dict | None = None) -> dict[str, torch.Tensor]:
     """Total = ce_weight * CE + kd_weight * T^2 * KD, KD being the objective named
-    `kd_loss` (see OBJECTIVES; generalized_jsd takes kd_beta, the skew KLs kd_alpha).
-    The teacher comes as full logits (online) or as top-k ids and log-probs (offline).
+    `kd_loss` in OBJECTIVES, given the batch's teacher signal `teacher` (full logits
+    online, or top-k ids and log-probs offline) and the params' kd_* `options`.
     Returns the parts and the total, so the log shows what the optimizer saw."""
     parts = {}
     if ce_weight:
         parts["ce"] = cross_entropy(student_logits, labels)
     if kd_weight:
-        dense, sparse, option = OBJECTIVES[kd_loss]
-        options = {option: {"beta": kd_beta, "alpha": kd_alpha}[option]} if option else {}
-        if teacher_logits is not None:
-            parts["kd"] = dense(student_logits, teacher_logits, labels, temperature, **options)
-        else:
-            parts["kd"] = sparse(student_logits, topk_ids, topk_logprobs, labels, temperature,
-                                 **options)
+        parts["kd"] = OBJECTIVES[kd_loss](student_logits, labels, teacher, temperature, options)
     total = ce_weight * parts.get("ce", 0.0) + kd_weight * temperature**2 * parts.get("kd", 0.0)
     return {"loss": total, **parts}
 

@@ -28,6 +28,9 @@ from urllib.parse import urlsplit
 import yaml
 
 STAGES = ("teacher_sampling", "student_training", "evaluation")
+# The OpenAI API returns at most this many alternatives per token (`top_logprobs`);
+# the API teacher is held to it here, and `distill serve` refuses more.
+MAX_TOP_LOGPROBS = 20
 
 
 class ParamsError(ValueError):
@@ -42,10 +45,17 @@ def _p(default, help: str, check=None):
     return field(default=default, metadata={"help": help, "check": check})
 
 
-def _objective_names():
-    from .losses import OBJECTIVES  # imports torch: only when a kd_loss is checked
+def _objective_names() -> list[str]:
+    # The registry in distill.losses is the one list. Imported here, not at the top:
+    # it imports torch, which validating a params file without kd_loss need not wait for.
+    from .losses import OBJECTIVES
 
-    return OBJECTIVES
+    return list(OBJECTIVES)
+
+
+def _objective_check():
+    return (lambda v: v in _objective_names(),
+            lambda: "must be one of " + ", ".join(_objective_names()))
 
 
 positive = (lambda v: v > 0, "must be > 0")
@@ -122,10 +132,8 @@ class StudentTrainingParams:
                           "(sequence-level KD)", non_negative)
     kd_weight: float = _p(1.0, "weight of the token-level objective kd_loss, scaled by T^2",
                           non_negative)
-    kd_loss: str = _p("forward_kl", "forward_kl, reverse_kl, generalized_jsd, skew_kl, "
-                      "skew_reverse_kl or total_variation",
-                      (lambda v: v in _objective_names(), "must be one of the objectives in "
-                       "distill.losses.OBJECTIVES"))
+    kd_loss: str = _p("forward_kl", "token-level objective: a name in distill.losses."
+                      "OBJECTIVES (`distill params` lists them)", _objective_check())
     kd_beta: float = _p(0.5, "generalized_jsd mixture weight: 0 forward KL, 1 reverse KL",
                         (lambda v: 0 <= v <= 1, "must be in [0, 1]"))
     kd_alpha: float = _p(0.1, "skew_kl / skew_reverse_kl skew: 0 is the plain KL",
@@ -155,6 +163,30 @@ class StudentTrainingParams:
     mixed_precision: str = _p("no", "no or bf16 (autocast on CPU and GPU)",
                               (lambda v: v in ("no", "bf16"), "must be no or bf16"))
     checkpoint_every: int = _p(50, "optimizer steps between checkpoints", positive)
+
+    # Derived facts: what the chosen objective needs, said once for notebook and trainer.
+    @property
+    def needs_teacher(self) -> bool:
+        """The teacher must be in memory: online logits, hidden states, or on-policy
+        batches (which the teacher scores)."""
+        return self.teaches_online or self.hidden_weight > 0 or self.lmbda > 0
+
+    @property
+    def teaches_online(self) -> bool:
+        """The KD term reads the teacher's full logits from a forward pass."""
+        return self.kd_source == "online" and self.kd_weight > 0
+
+    @property
+    def needs_topk(self) -> bool:
+        """Offline token-level KD reads the top-k cached by stage 01 (text-only samples
+        lack it)."""
+        return self.kd_source == "topk" and self.kd_weight > 0 and self.lmbda < 1
+
+    @property
+    def objective_options(self) -> dict:
+        """The kd_* values an objective may take its option from (kd_beta, kd_alpha)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name.startswith("kd_")}
 
 
 @dataclass
@@ -191,6 +223,17 @@ class Params:
                 **dataclasses.asdict(getattr(self, stage))}
 
 
+def section_params(section: str, values: dict):
+    """One section's params, validated, from a mapping that holds its keys: in a
+    notebook, `globals()` after papermill (or the parameters cell) set them."""
+    cls = SECTIONS[section]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values]
+    if missing:
+        raise ParamsError(f"{section}: missing parameters {', '.join(missing)}")
+    return _build_section(cls, {f.name: values[f.name] for f in dataclasses.fields(cls)},
+                          f"notebook parameters: {section}")
+
+
 def _type_ok(value, annotation) -> bool:
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return any(_type_ok(value, a) for a in typing.get_args(annotation))
@@ -225,7 +268,8 @@ def _build_section(cls, values: dict, where: str):
                               f"got {value!r} ({type(value).__name__})")
         check = known[key].metadata["check"]
         if check and not check[0](value):
-            raise ParamsError(f"{where}.{key}: {check[1]}, got {value!r}")
+            message = check[1]() if callable(check[1]) else check[1]
+            raise ParamsError(f"{where}.{key}: {message}, got {value!r}")
     return cls(**values)
 
 
@@ -276,7 +320,6 @@ def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Pa
 def _check_across_sections(params: Params, source: str) -> None:
     """Checks that need more than one key (or the teacher's vocabulary)."""
     from .models import EMBEDDED  # registry only: no torch import
-    from .vocab import MAX_TOP_LOGPROBS
 
     embedded = EMBEDDED.get(params.run.teacher)
     sampling = params.teacher_sampling
@@ -330,4 +373,5 @@ def describe() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
             lines.append(f"  {f.name + ':':<26}{value.strip():<24} # {f.metadata['help']}")
+    lines.append(f"\nkd_loss objectives: {', '.join(_objective_names())}")
     return "\n".join(lines)

@@ -51,7 +51,7 @@ def check_teacher(params: Params) -> None:
     set, the endpoint answers, accepts the key and serves the model."""
     sampling = params.teacher_sampling
     if sampling.backend == "openai":
-        from .api_teacher import check_endpoint, endpoint_from_params
+        from .api.client import check_endpoint, endpoint_from_params
 
         check_endpoint(endpoint_from_params(sampling, params.run.teacher))
 

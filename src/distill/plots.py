@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from .runs import atomic_file
+from .runs import save_figure
 
 sns.set_theme(style="whitegrid", context="notebook")
-
-
-def save(figure, run_dir: str | Path | None, name: str):
-    """Write `figure` to <run_dir>/figures/<name>.png (atomically) and return it."""
-    if run_dir is not None:
-        with atomic_file(Path(run_dir) / "figures" / f"{name}.png", "wb") as handle:
-            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
-    return figure
 
 
 def completion_lengths(samples: pd.DataFrame, run_dir=None):
@@ -27,7 +17,7 @@ def completion_lengths(samples: pd.DataFrame, run_dir=None):
     figure, axis = plt.subplots(figsize=(7, 3.5))
     sns.histplot(frame, x="tokens", hue="finish_reason", multiple="stack", bins=30, ax=axis)
     axis.set(title="Teacher completion lengths", xlabel="tokens per completion")
-    return save(figure, run_dir, "completion_lengths")
+    return save_figure(figure, run_dir, "completion_lengths")
 
 
 def training_curves(log: pd.DataFrame, run_dir=None):
@@ -41,7 +31,7 @@ def training_curves(log: pd.DataFrame, run_dir=None):
     sns.lineplot(log, x="step", y="lr", ax=right)
     right.set(title="Learning rate", ylabel="")
     figure.tight_layout()
-    return save(figure, run_dir, "training_curves")
+    return save_figure(figure, run_dir, "training_curves")
 
 
 def model_comparison(table: pd.DataFrame, run_dir=None):
@@ -62,14 +52,13 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
             axis.set_yscale("log")
         axis.tick_params(axis="x", rotation=30)
     figure.tight_layout()
-    return save(figure, run_dir, "model_comparison")
+    return save_figure(figure, run_dir, "model_comparison")
 
 
 def run_comparison(table: pd.DataFrame, run_dir=None):
-    """One bar chart per metric of `distill.compare.COLUMNS`, a bar per run."""
-    from .compare import COLUMNS
-
-    metrics = [c for c in COLUMNS if c in table and table[c].notna().any()]
+    """One bar chart per figure of `distill.compare.compare_runs`' table (its numeric
+    columns, in order), a bar per run."""
+    metrics = [c for c in table.select_dtypes("number") if table[c].notna().any()]
     columns = 3
     rows = -(-len(metrics) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows),
@@ -84,34 +73,4 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
     figure.tight_layout()
-    return save(figure, run_dir, "run_comparison")
-
-
-def api_health(requests: pd.DataFrame, rates: pd.DataFrame, run_dir=None):
-    """An uptime monitor's view of an API teacher: latency of each attempt over time
-    (coloured by outcome) and the error rate by kind per time bucket (`health.over_time`)."""
-    from .health import COLOURS, ERROR_KINDS
-
-    sent = requests[requests["outcome"] != "cached"]
-    figure, (latency, errors) = plt.subplots(1, 2, figsize=(12, 3.8))
-    if not sent.empty:
-        outcomes = [o for o in COLOURS if o in set(sent["outcome"])]
-        sns.scatterplot(sent, x="start_s", y="latency_s", hue="outcome", hue_order=outcomes,
-                        palette=COLOURS, style="outcome", style_order=outcomes, ax=latency,
-                        s=18)
-    latency.set(title="Latency of each attempt", xlabel="seconds since sampling began",
-                ylabel="latency (s)")
-    bottom = pd.Series(0.0, index=rates.index)
-    for kind in ERROR_KINDS:
-        if kind in rates and rates[kind].sum() > 0:
-            errors.bar(rates["t_s"], rates[kind], width=rates["width_s"] * 0.9, bottom=bottom,
-                       color=COLOURS[kind], label=kind)
-            bottom = bottom + rates[kind]
-    if bottom.sum() > 0:
-        errors.legend()
-    else:
-        errors.text(0.5, 0.5, "no errors", ha="center", va="center", transform=errors.transAxes)
-    errors.set(title="Error rate by kind over time", xlabel="seconds since sampling began",
-               ylabel="share of attempts", xlim=latency.get_xlim())
-    figure.tight_layout()
-    return save(figure, run_dir, "api_health")
+    return save_figure(figure, run_dir, "run_comparison")

@@ -9,6 +9,9 @@ This module is the one place that knows where each artifact lives::
       student_init/  student/  checkpoints/  train_log.csv        (02)
       metrics.json  figures/*.png                                 (03)
 
+The notebooks find the run folder with `notebook_run_dir`, and `metrics.json`
+is written and read here only (`write_metrics`, `read_metrics`).
+
 Every write goes to a temporary sibling first and is renamed into place, so a
 killed run never leaves a half-written artifact behind; a re-run resumes from
 what finished.
@@ -73,10 +76,63 @@ def atomic_dir(path: str | Path):
         raise
 
 
+# metrics.json, version 1:
+#   {"schema_version": 1, "heldout_prompts": N,
+#    "models": {model: {figure: value}},   quality and cost: the same on a re-run
+#    "speed":  {model: {figure: value}}}   SPEED_FIGURES: they vary from run to run
+METRICS_SCHEMA_VERSION = 1
+SPEED_FIGURES = ("generation_tokens_per_second",)
+
+
+def write_metrics(run_dir: str | Path, table, heldout_prompts: int) -> dict:
+    """Write metrics.json from the evaluation's table (a DataFrame, one row per model,
+    one column per figure); returns what was written."""
+    rows = table.to_dict("index")
+    metrics = {
+        "schema_version": METRICS_SCHEMA_VERSION, "heldout_prompts": heldout_prompts,
+        "models": {model: {k: v for k, v in row.items() if k not in SPEED_FIGURES}
+                   for model, row in rows.items()},
+        "speed": {model: {k: row[k] for k in SPEED_FIGURES if k in row}
+                  for model, row in rows.items()}}
+    write_json(Path(run_dir) / METRICS, metrics)
+    return metrics
+
+
+def read_metrics(run_dir: str | Path) -> dict:
+    """metrics.json of a run, checked against the schema this code reads."""
+    metrics = read_json(Path(run_dir) / METRICS)
+    if metrics is None:
+        raise FileNotFoundError(f"{Path(run_dir) / METRICS}: no metrics; run 03_evaluation "
+                                "first")
+    if metrics.get("schema_version") != METRICS_SCHEMA_VERSION:
+        raise ValueError(f"{Path(run_dir) / METRICS}: schema version "
+                         f"{metrics.get('schema_version')}, this distill reads "
+                         f"{METRICS_SCHEMA_VERSION}")
+    return metrics
+
+
+def notebook_run_dir(run_dir: str | Path | None, output_dir: str | Path, name: str) -> Path:
+    """The run folder a notebook works in: `run_dir` when given (papermill always
+    gives it), else outputs/<name>-notebook for a notebook run by hand. Created if
+    missing, so stage 01 can start a run from JupyterLab."""
+    folder = Path(run_dir or Path(output_dir) / f"{name}-notebook")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def write_json(path: str | Path, data) -> None:
     with atomic_file(path) as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+
+
+def save_figure(figure, run_dir: str | Path | None, name: str):
+    """Write a matplotlib `figure` to <run_dir>/figures/<name>.png (atomically) and
+    return it; with run_dir None it is only returned (a notebook shows it)."""
+    if run_dir is not None:
+        with atomic_file(Path(run_dir) / FIGURES / f"{name}.png", "wb") as handle:
+            figure.savefig(handle, format="png", dpi=120, bbox_inches="tight")
+    return figure
 
 
 def read_json(path: str | Path, default=None):

@@ -1,4 +1,12 @@
-"""A fault-injecting HTTP proxy, to test how an API client copes with a bad endpoint.
+"""Test equipment: imported by tests and benchmarks, never by the library itself.
+
+- `FaultProxy`: a fault-injecting HTTP proxy, to test how an API client copes
+  with a bad endpoint;
+- `launch`: `distill serve` in its own process on a free loopback port;
+- `BackgroundServer`: an ASGI app served by uvicorn from a thread;
+- `free_port`.
+
+The proxy:
 
     with FaultProxy("http://127.0.0.1:8000", rate=0.3) as url:   # url: the proxy
         ...point the client at url...
@@ -25,8 +33,11 @@ import http.client
 import json
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -140,3 +151,64 @@ def _handler(proxy: FaultProxy):
                 self.close_connection = True
 
     return Handler
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for a server started right after)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def launch(model: str, *options: str, env: dict | None = None, output=None,
+           timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
+    """Start `distill serve MODEL OPTIONS...` in its own process on a free loopback port
+    and wait until it answers /health. Returns (process, base URL without /v1); the
+    caller terminates the process. `output`: a file for its stdout and stderr."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli", "serve", model, "--port", str(port), *options],
+        env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            return process, url
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"distill serve {model} did not start on {url}") from None
+            time.sleep(0.5)
+
+
+class BackgroundServer:
+    """Serve an ASGI app with uvicorn from a thread, on a free loopback port:
+    `with BackgroundServer(app) as base_url: ...` (tests, benchmarks, notebooks)."""
+
+    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
+        import uvicorn
+
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.bind((host, port))
+        self.port = self.socket.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run,
+                                       kwargs={"sockets": [self.socket]}, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"the server on {self.url} did not start")
+            time.sleep(0.01)
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        with contextlib.suppress(OSError):
+            self.socket.close()

@@ -1,21 +1,12 @@
-"""The `openai` teacher backend: sampling a teacher behind an OpenAI-compatible API.
+"""The HTTP side of the API teacher: endpoint, checks, retries, cache and request log.
 
-Any endpoint that speaks the chat-completions protocol works: a vendor's API, a
-vLLM or TGI server, or `distill serve`. For each prompt one chat completion is
-requested with `logprobs` and `top_logprobs` (at most 20, the API's limit); the
-answer becomes a sample in the same schema as the local backend's:
-
-* token ids, where the endpoint's tokens map onto the student's tokenizer (their
-  bytes, see `distill.vocab`); then the top-k log-probs too, for token-level KD;
-* otherwise the text alone, re-tokenized for the student (sequence-level KD).
-
-Requests run `concurrency` at a time. 429, 5xx, timeouts and dropped connections
-are retried with exponential backoff and jitter, honouring `Retry-After`; a
-request that still fails is recorded and the run goes on (a re-run retries only
-the missing prompts). 401, 403 and 404 say the configuration is wrong and stop the
-run. Successful answers are cached on disk, keyed by everything that determines
-them (never the key), so a re-run costs nothing and returns the same samples.
-Every attempt is logged for the health report (`distill.health`).
+Requests go through the official `openai` client with its own retries off: ours
+are counted and logged. 429, 5xx, timeouts and dropped connections are retried
+with exponential backoff and jitter, honouring `Retry-After`; after a timeout the
+backoff starts higher, since a server that timed out is likely overloaded and
+a quick retry only adds to its queue. 401, 403, 404 and a spent quota say the
+configuration is wrong and stop the run. Successful answers are cached on disk,
+keyed by everything that determines them (never the key).
 
 The API key is read from the environment variable named by `api_key_env` and is
 never written anywhere: not to params, samples, logs, the cache or error messages.
@@ -23,13 +14,11 @@ never written anywhere: not to params, samples, logs, the cache or error message
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime
 import email.utils
 import hashlib
 import json
-import os
 import random
 import threading
 import time
@@ -38,10 +27,8 @@ from pathlib import Path
 
 import openai
 
-from .data import encode_chat
-from .runs import atomic_file
-from .sampling import make_row, sample_shards
-from .vocab import MAX_TOP_LOGPROBS, TokenBytes
+from ..runs import atomic_file
+from . import api_key_from_env
 
 MAX_BACKOFF_S = 60.0  # our own exponential backoff stops growing here
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this
@@ -64,13 +51,11 @@ class Endpoint:
     price_output_per_million: float = 0.0
 
     def api_key(self) -> str:
-        key = os.environ.get(self.api_key_env)
-        if not key:
-            raise ApiTeacherError(
-                f"teacher_sampling.api_key_env: the environment variable {self.api_key_env} is "
-                f"not set or empty. Export the endpoint's key first (export "
-                f"{self.api_key_env}=...); a local server without keys accepts any value.")
-        return key
+        return api_key_from_env(
+            self.api_key_env, f"teacher_sampling.api_key_env: the environment variable "
+            f"{self.api_key_env} is not set or empty. Export the endpoint's key first (export "
+            f"{self.api_key_env}=...); a local server without keys accepts any value.",
+            ApiTeacherError)
 
     def client(self) -> openai.OpenAI:
         # Retries are ours (counted, logged, Retry-After honoured), not the client's.
@@ -240,6 +225,15 @@ def backoff(attempt: int, base: float, rng: random.Random) -> float:
     return min(MAX_BACKOFF_S, base * 2 ** attempt) * rng.uniform(0.5, 1.0)
 
 
+def backoff_base(error: Exception, retry_backoff: float, request_timeout: float) -> float:
+    """The first retry delay after `error`. A timeout means the server is slow, most
+    often overloaded: retrying at once adds a request to the queue it is already
+    behind on, so the backoff then starts at a quarter of the timeout."""
+    if classify(error) == "timeout":
+        return max(retry_backoff, request_timeout / 4)
+    return retry_backoff
+
+
 class ApiTeacher:
     """Requests for one run: client, cache, retries and the request log.
 
@@ -282,8 +276,10 @@ class ApiTeacher:
                 if not retryable(error) or attempt == self.endpoint.max_retries:
                     self._failed(error)
                     return None
+                base = backoff_base(error, self.endpoint.retry_backoff,
+                                    self.endpoint.request_timeout)
                 with self.lock:
-                    delay = backoff(attempt, self.endpoint.retry_backoff, self.rng)
+                    delay = backoff(attempt, base, self.rng)
                 self.stopped.wait(retry_after(error) or delay)
                 continue
             self.log.add(prompt_id=prompt_id, attempt=attempt, start_s=start,
@@ -332,108 +328,3 @@ def _usage(response: dict) -> dict:
     usage = response.get("usage") or {}
     return {"prompt_tokens": usage.get("prompt_tokens") or 0,
             "completion_tokens": usage.get("completion_tokens") or 0}
-
-
-def prompt_seed(seed: int, prompt_id: str) -> int:
-    """A seed per prompt (from the run's seed), so sampled answers do not share one
-    random stream and stay the same whatever order the requests go out in."""
-    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") >> 1  # below 2^31: every API accepts it
-
-
-def chat_request(endpoint: Endpoint, messages: list[dict], max_new_tokens: int, do_sample: bool,
-                 temperature: float, top_p: float, top_k_logprobs: int, seed: int) -> dict:
-    """The chat-completions body for one prompt (temperature 0 means greedy)."""
-    request = {"model": endpoint.model, "messages": messages,
-               "max_completion_tokens": max_new_tokens, "seed": seed,
-               "temperature": temperature if do_sample else 0.0,
-               "top_p": top_p if do_sample else 1.0}
-    if top_k_logprobs:
-        request.update(logprobs=True, top_logprobs=top_k_logprobs)
-    return request
-
-
-def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
-                       stop_ids: set[int]) -> dict:
-    """completion_ids, completion text, finish_reason and (where every token maps to the
-    student's tokenizer and k alternatives came back) the top-k log-probs."""
-    choice = response["choices"][0]
-    text = choice["message"].get("content") or ""
-    finish_reason = choice.get("finish_reason") or "stop"
-    content = (choice.get("logprobs") or {}).get("content") or []
-    ids = [vocab.lookup(c["token"], c.get("bytes")) for c in content]
-    if content and None not in ids:
-        topk_ids, topk_logprobs = [], []
-        for entry in content:
-            alternatives = sorted(((vocab.lookup(a["token"], a.get("bytes")), a["logprob"])
-                                   for a in entry.get("top_logprobs") or []),
-                                  key=lambda pair: -pair[1])[:k]
-            if k == 0 or len(alternatives) < k or any(i is None for i, _ in alternatives):
-                topk_ids = topk_logprobs = []
-                break
-            topk_ids.append([i for i, _ in alternatives])
-            topk_logprobs.append([lp for _, lp in alternatives])
-        return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
-                "topk_ids": topk_ids, "topk_logprobs": topk_logprobs}
-    # Text only: the student's tokens for it, ending as the local backend's answers end.
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if finish_reason == "stop" and stop_ids and (not ids or ids[-1] not in stop_ids):
-        ids.append(min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id)
-    return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
-            "topk_ids": [], "topk_logprobs": []}
-
-
-def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[dict],
-               run_dir: Path, seed: int, shard_size: int, cache_dir: Path | None,
-               log: RequestLog | None = None, **settings) -> tuple[dict, RequestLog]:
-    """Sample every prompt from the endpoint into the run's shards (as
-    `distill.sampling.sample_teacher` does locally). `settings`: max_new_tokens,
-    do_sample, temperature, top_p, top_k_logprobs. Returns (stats, request log);
-    stats add 'with_logprobs' (samples distillable token by token)."""
-    if settings["top_k_logprobs"] > MAX_TOP_LOGPROBS:
-        raise ApiTeacherError(f"teacher_sampling.top_k_logprobs: an OpenAI-compatible API "
-                              f"returns at most {MAX_TOP_LOGPROBS}, got "
-                              f"{settings['top_k_logprobs']}")
-    log = log or RequestLog()
-    teacher = ApiTeacher(endpoint, RequestCache(cache_dir), log, seed)
-    vocab = TokenBytes(tokenizer)
-    stop_ids = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
-    counts = {"with_logprobs": 0}
-
-    def one(prompt: dict, split: str, progress) -> dict | None:
-        request = chat_request(endpoint, prompt["messages"],
-                               seed=prompt_seed(seed, prompt["prompt_id"]), **settings)
-        response = teacher.complete(prompt["prompt_id"], request)
-        progress.update(1)
-        if response is None:
-            return None
-        sample = response_to_sample(response, settings["top_k_logprobs"], vocab, tokenizer,
-                                    stop_ids)
-        return make_row(prompt, split, encode_chat(tokenizer, prompt["messages"]), **sample)
-
-    # Every prompt of every shard to do is queued at once: the pool keeps `concurrency`
-    # requests in flight across shard boundaries, so a slow retry holds up no one.
-    pool = concurrent.futures.ThreadPoolExecutor(endpoint.concurrency)
-    futures: dict[int, list[concurrent.futures.Future]] = {}
-
-    def plan(todo: list[tuple[int, list]], progress) -> None:
-        for index, shard in todo:
-            futures[index] = [pool.submit(one, prompt, split, progress)
-                              for prompt, split in shard]
-
-    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict | None]:
-        rows = [future.result() for future in futures.pop(index)]
-        counts["with_logprobs"] += sum(bool(row and row["topk_ids"]) for row in rows)
-        return rows
-
-    # The model and settings define the samples; the address may change between runs
-    # (a restarted server, a proxy), so a resumed run may reach the teacher elsewhere.
-    fingerprint = {"backend": "openai", "model": endpoint.model, "seed": seed,
-                   "shard_size": shard_size, **settings}
-    try:
-        stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard,
-                              plan)
-    finally:  # on a stop (an error, an interrupt) queued and waiting requests give up
-        teacher.stopped.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-    return {**stats, **counts}, log

@@ -1,11 +1,13 @@
-"""Tokens as bytes: how a token id travels through an OpenAI-compatible API and back.
+"""Tokens as bytes: one tokenizer's token ids mapped to their exact bytes and back.
 
-The API names each token by its text and its UTF-8 `bytes` (a token may hold part
-of a character, so the text alone is lossy). `distill serve` sends the exact bytes
-of every token id; the API teacher backend maps bytes back to ids with the
-student's tokenizer. When every token of an answer maps, the answer can be
-distilled token by token; when some do not (the endpoint's tokenizer is another
-one), only its text is used.
+A token may hold part of a character, so its text alone is lossy; its bytes are
+not. The OpenAI API names each token by its text and its UTF-8 `bytes`:
+`distill serve` sends the exact bytes of every token id, and the API teacher
+backend maps bytes back to ids with the student's tokenizer. When every token of
+an answer maps, the answer can be distilled token by token; when some do not (the
+endpoint's tokenizer is another one), only its text is used. Matching tokens of
+two tokenizers by their bytes is also the first step of cross-tokenizer
+distillation, for local teachers too.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import re
 
 # vLLM's `return_tokens_as_token_ids` names tokens "token_id:<id>"
 TOKEN_ID_PREFIX = "token_id:"
-# The OpenAI API returns at most this many alternatives per token (top_logprobs)
-MAX_TOP_LOGPROBS = 20
 
 
 def _byte_level_alphabet() -> dict[str, int]:

@@ -10,10 +10,11 @@ import openai
 import pytest
 import torch
 
+from distill.api.server import create_app
 from distill.data import encode_chat
-from distill.sampling import generate
-from distill.serve import BackgroundServer, create_app
-from distill.vocab import TokenBytes
+from distill.generation import generate
+from distill.testing import BackgroundServer
+from distill.token_bytes import TokenBytes
 
 KEY = "test-serve-key-5f2c"
 NAME = "tiny-teacher"

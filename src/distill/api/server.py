@@ -13,6 +13,12 @@ Requests that arrive together are generated together: a worker thread collects
 them for `batch_wait_ms` and runs compatible ones as one left-padded batch, so
 concurrent clients get the batching speed-up of the local backend. The model is
 only ever touched by that thread.
+
+Work nobody waits for is dropped: a request whose client disconnects (its
+timeout fired) or whose deadline passes (`--request-timeout`, or sooner the
+client's own timeout, which the openai client sends as `x-stainless-read-timeout`)
+leaves the queue, and a batch stops generating rows whose clients are gone. So
+under overload a client's retries do not pile onto work that is already lost.
 """
 
 from __future__ import annotations
@@ -20,16 +26,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import contextlib
-import os
 import queue
 import secrets
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +40,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
-from .data import encode_chat
-from .sampling import generate, stop_token_ids
-from .vocab import MAX_TOP_LOGPROBS, TokenBytes
+from ..data import encode_chat
+from ..generation import generate, score_prompt, stop_token_ids
+from ..params import MAX_TOP_LOGPROBS
+from ..token_bytes import TokenBytes
+
+# How often a waiting request checks that its client is still connected.
+DISCONNECT_POLL_S = 0.2
 
 
 class ApiError(Exception):
@@ -93,12 +97,18 @@ class Job:
     top_p: float
     top_k: int
     seed: int | None
+    deadline: float = float("inf")  # time.monotonic() after which nobody waits for it
+    abandoned: bool = False  # set when its client disconnected
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
 
     def batch_key(self):
         # seeded sampling runs alone (its own random stream); greedy ignores the seed
         alone = id(self) if self.do_sample and self.seed is not None else None
         return (self.do_sample, self.temperature, self.top_p, alone)
+
+    def gone(self) -> bool:
+        """Nobody waits for the result any more: drop it, or stop generating it."""
+        return self.abandoned or time.monotonic() > self.deadline
 
 
 class Worker:
@@ -109,6 +119,8 @@ class Worker:
         self.max_batch_size, self.wait = max_batch_size, batch_wait_ms / 1000
         self.queue: queue.Queue = queue.Queue()
         self.batch_sizes: collections.Counter = collections.Counter()  # size -> batches run
+        self.dropped = 0  # jobs dropped from the queue because their client had gone
+        self.running: list[Job] = []  # the batch being generated (read by tests, /health)
         self.thread = threading.Thread(target=self._loop, name="distill-serve-model",
                                        daemon=True)
         self.thread.start()
@@ -141,7 +153,10 @@ class Worker:
         groups: dict = {}
         for item in pending:
             if isinstance(item, Job):
-                if item.future.set_running_or_notify_cancel():  # False: its caller left
+                if item.gone():
+                    self.dropped += 1
+                    item.future.cancel()
+                elif item.future.set_running_or_notify_cancel():  # False: its caller left
                     groups.setdefault(item.batch_key(), []).append(item)
             else:
                 function, args, future = item
@@ -152,6 +167,7 @@ class Worker:
 
     def _generate(self, jobs: list[Job]):
         self.batch_sizes[len(jobs)] += 1
+        self.running = jobs
         try:
             if jobs[0].seed is not None:
                 torch.manual_seed(jobs[0].seed)
@@ -159,13 +175,19 @@ class Worker:
                 self.model, self.tokenizer, [j.prompt_ids for j in jobs],
                 max_new_tokens=max(j.max_new_tokens for j in jobs), do_sample=jobs[0].do_sample,
                 temperature=jobs[0].temperature, top_p=jobs[0].top_p,
-                top_k_logprobs=max(j.top_k for j in jobs), token_logprobs=True)
+                top_k_logprobs=max(j.top_k for j in jobs), token_logprobs=True,
+                abandoned=lambda: [job.gone() for job in jobs])
         except Exception as error:  # every waiting client hears of it
             for job in jobs:
                 job.future.set_exception(error)
             return
+        finally:
+            self.running = []
         for job, output in zip(jobs, outputs):
-            job.future.set_result(_truncate(output, job.max_new_tokens, job.top_k))
+            if job.gone():  # cut short when its client left: nobody to answer
+                job.future.set_exception(TimeoutError("abandoned: its client had gone"))
+            else:
+                job.future.set_result(_truncate(output, job.max_new_tokens, job.top_k))
 
 
 def _settle(future, function, *args):
@@ -187,29 +209,20 @@ def _truncate(output: dict, max_new_tokens: int, top_k: int) -> dict:
     return output
 
 
-@torch.inference_mode()
-def score_prompt(model, ids: list[int], top_k: int) -> tuple[list[float | None], list]:
-    """Log-prob of every token given the ones before it (None for the first), and the
-    top-k alternatives at each position, from one forward pass."""
-    logits = model(torch.tensor([ids], device=model.device)).logits[0, :-1].float()
-    logprobs = torch.log_softmax(logits, dim=-1).cpu()
-    chosen = logprobs.gather(-1, torch.tensor(ids[1:])[:, None]).squeeze(-1).tolist()
-    top = logprobs.topk(top_k, dim=-1) if top_k else None
-    alternatives = [list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top else []
-                    for i in range(len(ids) - 1)]
-    return [None, *chosen], [None, *alternatives]
-
-
 def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
-               max_batch_size: int = 8, batch_wait_ms: float = 50.0) -> FastAPI:
+               max_batch_size: int = 8, batch_wait_ms: float = 50.0,
+               request_timeout: float = 600.0) -> FastAPI:
     """The FastAPI app serving `model` as `served_name`. With `api_key`, every request
-    must carry `Authorization: Bearer <api_key>`."""
+    must carry `Authorization: Bearer <api_key>`. A request is dropped after
+    `request_timeout` seconds, or its client's own timeout if that is shorter.
+    `app.state.worker` is the model thread (its counters are in /health)."""
     worker = Worker(model, tokenizer, max_batch_size, batch_wait_ms)
     vocab = TokenBytes(tokenizer)
-    stops = set(stop_token_ids(model, tokenizer))
+    stops = set(stop_token_ids(tokenizer, model.generation_config))
     context = getattr(model.config, "max_position_embeddings", None)
     created = int(time.time())
     app = FastAPI(title="distill serve", description=f"OpenAI-compatible API for {served_name}")
+    app.state.worker = worker
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError):
@@ -247,12 +260,31 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
             raise ApiError(400, f"prompt ({n_prompt} tokens) + max_tokens ({max_tokens}) "
                            f"exceeds the model's context of {context} tokens")
 
-    async def run_job(body, prompt_ids: list[int], max_tokens: int, top: int) -> dict:
+    def deadline(request: Request) -> float:
+        """When nobody waits any more: our timeout, or the client's if it said so."""
+        seconds = request_timeout
+        try:
+            seconds = min(seconds, float(request.headers["x-stainless-read-timeout"]))
+        except (KeyError, ValueError):
+            pass
+        return time.monotonic() + seconds
+
+    async def run_job(request: Request, body, prompt_ids: list[int], max_tokens: int,
+                      top: int) -> dict:
         temperature = 1.0 if body.temperature is None else body.temperature
         job = Job(prompt_ids, max_tokens, do_sample=temperature > 0,
                   temperature=temperature if temperature > 0 else 1.0,
-                  top_p=1.0 if body.top_p is None else body.top_p, top_k=top, seed=body.seed)
-        return await asyncio.wrap_future(worker.submit(job))
+                  top_p=1.0 if body.top_p is None else body.top_p, top_k=top, seed=body.seed,
+                  deadline=deadline(request))
+        result = asyncio.wrap_future(worker.submit(job))
+        while not result.done():
+            await asyncio.wait({result}, timeout=DISCONNECT_POLL_S)
+            if not result.done() and (job.gone() or await request.is_disconnected()):
+                job.abandoned = True  # the worker drops it, or stops generating it
+                result.cancel()
+                raise ApiError(408, "the request timed out or its client disconnected "
+                               "before the answer was ready", kind="timeout")
+        return result.result()
 
     def text_of(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=True)
@@ -269,10 +301,12 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": served_name,
-                "batch_sizes": dict(sorted(worker.batch_sizes.items()))}
+                "batch_sizes": dict(sorted(worker.batch_sizes.items())),
+                "queued": worker.queue.qsize(), "running": len(worker.running),
+                "dropped": worker.dropped}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest):
+    async def chat(body: ChatRequest, request: Request):
         max_tokens = next((n for n in (body.max_completion_tokens, body.max_tokens)
                            if n is not None), 256)
         top = (body.top_logprobs or 0) if body.logprobs else 0
@@ -281,7 +315,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
         except Exception as error:
             raise ApiError(400, f"messages could not be formatted: {error}") from None
         check(body, max_tokens, len(prompt_ids), top)
-        output = await run_job(body, prompt_ids, max_tokens, top)
+        output = await run_job(request, body, prompt_ids, max_tokens, top)
         ids = output["completion_ids"]
         logprobs = None
         if body.logprobs:
@@ -304,7 +338,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
                 "usage": usage(len(prompt_ids), len(ids))})
 
     @app.post("/v1/completions")
-    async def completions(body: CompletionRequest):
+    async def completions(body: CompletionRequest, request: Request):
         prompt_ids = body.prompt if isinstance(body.prompt, list) else \
             tokenizer(body.prompt)["input_ids"]
         if not prompt_ids:
@@ -317,7 +351,7 @@ def create_app(model, tokenizer, served_name: str, api_key: str | None = None,
         output = {"completion_ids": [], "finish_reason": "length", "token_logprobs": [],
                   "topk_ids": [], "topk_logprobs": []}
         if max_tokens:
-            output = await run_job(body, prompt_ids, max_tokens, top)
+            output = await run_job(request, body, prompt_ids, max_tokens, top)
         ids = output["completion_ids"]
         shown_ids, chosen = list(ids), list(output["token_logprobs"])
         alternatives = [list(zip(*pair)) for pair in
@@ -358,8 +392,8 @@ def _token(vocab: TokenBytes, token_id: int) -> dict:
 def load_for_serving(source: str, dtype: str = "float32"):
     """(model, tokenizer, served name) for a model name, a folder, or a run folder
     (which serves the run's distilled student)."""
-    from .models import load_model
-    from .runs import STUDENT
+    from ..models import load_model
+    from ..runs import STUDENT
 
     path = Path(source).expanduser()
     if (path / STUDENT / "config.json").exists():
@@ -367,75 +401,3 @@ def load_for_serving(source: str, dtype: str = "float32"):
         return model, tokenizer, f"{path.resolve().name}/student"
     model, tokenizer = load_model(source, dtype=dtype)
     return model, tokenizer, source
-
-
-def api_key_from_env(name: str | None) -> str | None:
-    """The key named by an environment variable (None: no authentication)."""
-    if name is None:
-        return None
-    key = os.environ.get(name)
-    if not key:
-        raise ValueError(f"--api-key-env {name}: the environment variable {name} is not set "
-                         f"or empty; export {name}=<key> first, or drop --api-key-env")
-    return key
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (for a server started right after)."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return probe.getsockname()[1]
-
-
-def launch(model: str, *options: str, env: dict | None = None, output=None,
-           timeout_s: float = 180.0) -> tuple[subprocess.Popen, str]:
-    """Start `distill serve MODEL OPTIONS...` in its own process on a free loopback port
-    and wait until it answers /health. Returns (process, base URL without /v1); the
-    caller terminates the process. `output`: a file for its stdout and stderr."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "distill.cli", "serve", model, "--port", str(port), *options],
-        env=env, stdout=output, stderr=subprocess.STDOUT if output else None)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            return process, url
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"distill serve {model} did not start on {url}") from None
-            time.sleep(0.5)
-
-
-class BackgroundServer:
-    """Serve an ASGI app with uvicorn from a thread, on a free loopback port:
-    `with BackgroundServer(app) as base_url: ...` (tests, benchmarks, notebooks)."""
-
-    def __init__(self, app, host: str = "127.0.0.1", port: int = 0):
-        import uvicorn
-
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((host, port))
-        self.port = self.socket.getsockname()[1]
-        self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run,
-                                       kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError(f"the server on {self.url} did not start")
-            time.sleep(0.01)
-        return self.url
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        with contextlib.suppress(OSError):
-            self.socket.close()

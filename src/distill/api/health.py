@@ -1,9 +1,9 @@
 """Accounting and a health report of an API teacher, as an uptime monitor shows it.
 
-Input: the request log of `distill.api_teacher` (one record per attempt, plus one
+Input: the request log of `distill.api.client` (one record per attempt, plus one
 per cache hit). Output: a summary (requests, retries, failures by kind, latency
-percentiles, throughput, tokens and estimated cost) and a time series of error
-rates, saved in the run folder beside the samples.
+percentiles, throughput, tokens and estimated cost), a time series of error
+rates, and their figure, saved in the run folder beside the samples.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+
+from ..runs import save_figure
 
 ERROR_KINDS = ("rate_limited", "server_error", "timeout", "connection", "client_error", "other")
 # one colour per outcome, the same in every plot
@@ -96,3 +98,34 @@ def _percentile(values: pd.Series, q: float) -> float | None:
 
 def _ratio(numerator: float, denominator: float) -> float | None:
     return numerator / denominator if denominator and not math.isnan(denominator) else None
+
+
+def plot(requests: pd.DataFrame, rates: pd.DataFrame, run_dir=None):
+    """An uptime monitor's view of an API teacher: latency of each attempt over time
+    (coloured by outcome) and the error rate by kind per time bucket (`health.over_time`)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    sent = requests[requests["outcome"] != "cached"]
+    figure, (latency, errors) = plt.subplots(1, 2, figsize=(12, 3.8))
+    if not sent.empty:
+        outcomes = [o for o in COLOURS if o in set(sent["outcome"])]
+        sns.scatterplot(sent, x="start_s", y="latency_s", hue="outcome", hue_order=outcomes,
+                        palette=COLOURS, style="outcome", style_order=outcomes, ax=latency,
+                        s=18)
+    latency.set(title="Latency of each attempt", xlabel="seconds since sampling began",
+                ylabel="latency (s)")
+    bottom = pd.Series(0.0, index=rates.index)
+    for kind in ERROR_KINDS:
+        if kind in rates and rates[kind].sum() > 0:
+            errors.bar(rates["t_s"], rates[kind], width=rates["width_s"] * 0.9, bottom=bottom,
+                       color=COLOURS[kind], label=kind)
+            bottom = bottom + rates[kind]
+    if bottom.sum() > 0:
+        errors.legend()
+    else:
+        errors.text(0.5, 0.5, "no errors", ha="center", va="center", transform=errors.transAxes)
+    errors.set(title="Error rate by kind over time", xlabel="seconds since sampling began",
+               ylabel="share of attempts", xlim=latency.get_xlim())
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "api_health")

@@ -1,0 +1,169 @@
+"""The `openai` teacher backend of stage 01: a teacher behind an OpenAI-compatible API.
+
+Any endpoint that speaks the chat-completions protocol works: a vendor's API, a
+vLLM or TGI server, or `distill serve`. For each prompt one chat completion is
+requested with `logprobs` and `top_logprobs` (at most `MAX_TOP_LOGPROBS`, the
+API's limit); the answer becomes a sample in the schema of `distill.samples`:
+
+* token ids, where the endpoint's tokens map onto the student's tokenizer (their
+  bytes, see `distill.token_bytes`); then the top-k log-probs too, for token-level KD;
+* otherwise the text alone, re-tokenized for the student (sequence-level KD).
+
+Requests run `concurrency` at a time through `distill.api.client` (retries,
+cache, request log); a prompt that still fails is left out of its shard and a
+re-run asks again for just those. `sample_endpoint` is the whole stage for a
+notebook: check, sample, and the health report.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+from pathlib import Path
+
+from ..data import encode_chat
+from ..generation import stop_token_ids
+from ..models import cache_root
+from ..runs import API_HEALTH, API_REQUESTS, write_json
+from ..samples import make_row, sample_shards
+from ..token_bytes import TokenBytes
+from . import health
+from .client import (
+    ApiTeacher,
+    Endpoint,
+    RequestCache,
+    RequestLog,
+    check_endpoint,
+    endpoint_from_params,
+)
+
+
+def prompt_seed(seed: int, prompt_id: str) -> int:
+    """A seed per prompt (from the run's seed), so sampled answers do not share one
+    random stream and stay the same whatever order the requests go out in."""
+    digest = hashlib.sha256(f"{seed}:{prompt_id}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") >> 1  # below 2^31: every API accepts it
+
+
+def chat_request(endpoint: Endpoint, messages: list[dict], max_new_tokens: int, do_sample: bool,
+                 temperature: float, top_p: float, top_k_logprobs: int, seed: int) -> dict:
+    """The chat-completions body for one prompt (temperature 0 means greedy)."""
+    request = {"model": endpoint.model, "messages": messages,
+               "max_completion_tokens": max_new_tokens, "seed": seed,
+               "temperature": temperature if do_sample else 0.0,
+               "top_p": top_p if do_sample else 1.0}
+    if top_k_logprobs:
+        request.update(logprobs=True, top_logprobs=top_k_logprobs)
+    return request
+
+
+def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
+                       stop_ids: set[int]) -> dict:
+    """completion_ids, completion text, finish_reason and (where every token maps to the
+    student's tokenizer and k alternatives came back) the top-k log-probs."""
+    choice = response["choices"][0]
+    text = choice["message"].get("content") or ""
+    finish_reason = choice.get("finish_reason") or "stop"
+    content = (choice.get("logprobs") or {}).get("content") or []
+    ids = [vocab.lookup(c["token"], c.get("bytes")) for c in content]
+    if content and None not in ids:
+        topk_ids, topk_logprobs = [], []
+        for entry in content:
+            alternatives = sorted(((vocab.lookup(a["token"], a.get("bytes")), a["logprob"])
+                                   for a in entry.get("top_logprobs") or []),
+                                  key=lambda pair: -pair[1])[:k]
+            if k == 0 or len(alternatives) < k or any(i is None for i, _ in alternatives):
+                topk_ids = topk_logprobs = []
+                break
+            topk_ids.append([i for i, _ in alternatives])
+            topk_logprobs.append([lp for _, lp in alternatives])
+        return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
+                "topk_ids": topk_ids, "topk_logprobs": topk_logprobs}
+    # Text only: the student's tokens for it, ending as the local backend's answers end.
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if finish_reason == "stop" and stop_ids and (not ids or ids[-1] not in stop_ids):
+        ids.append(min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id)
+    return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
+            "topk_ids": [], "topk_logprobs": []}
+
+
+def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[dict],
+               run_dir: Path, seed: int, shard_size: int, cache_dir: Path | None,
+               log: RequestLog | None = None, **settings) -> tuple[dict, RequestLog]:
+    """Sample every prompt from the endpoint into the run's shards (as
+    `distill.sampling.sample_teacher` does locally). `settings`: max_new_tokens,
+    do_sample, temperature, top_p, top_k_logprobs (at most MAX_TOP_LOGPROBS, which
+    params checks). Returns (stats, request log); stats add 'with_logprobs' (samples
+    distillable token by token)."""
+    log = log or RequestLog()
+    teacher = ApiTeacher(endpoint, RequestCache(cache_dir), log, seed)
+    vocab = TokenBytes(tokenizer)
+    stop_ids = set(stop_token_ids(tokenizer))
+    counts = {"with_logprobs": 0}
+    def one(prompt: dict, split: str, progress) -> dict | None:
+        request = chat_request(endpoint, prompt["messages"],
+                               seed=prompt_seed(seed, prompt["prompt_id"]), **settings)
+        response = teacher.complete(prompt["prompt_id"], request)
+        progress.update(1)
+        if response is None:
+            return None
+        sample = response_to_sample(response, settings["top_k_logprobs"], vocab, tokenizer,
+                                    stop_ids)
+        return make_row(prompt, split, encode_chat(tokenizer, prompt["messages"]), **sample)
+
+    # Every prompt of every shard to do is queued at once: the pool keeps `concurrency`
+    # requests in flight across shard boundaries, so a slow retry holds up no one.
+    pool = concurrent.futures.ThreadPoolExecutor(endpoint.concurrency)
+    futures: dict[int, list[concurrent.futures.Future]] = {}
+
+    def plan(todo: list[tuple[int, list]], progress) -> None:
+        for index, shard in todo:
+            futures[index] = [pool.submit(one, prompt, split, progress)
+                              for prompt, split in shard]
+
+    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict | None]:
+        rows = [future.result() for future in futures.pop(index)]
+        counts["with_logprobs"] += sum(bool(row and row["topk_ids"]) for row in rows)
+        return rows
+
+    # The model and settings define the samples; the address may change between runs
+    # (a restarted server, a proxy), so a resumed run may reach the teacher elsewhere.
+    fingerprint = {"backend": "openai", "model": endpoint.model, "seed": seed,
+                   "shard_size": shard_size, **settings}
+    try:
+        stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard,
+                              plan)
+    finally:  # on a stop (an error, an interrupt) queued and waiting requests give up
+        teacher.stopped.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return {**stats, **counts}, log
+
+
+def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldout: list[dict],
+                    run_dir: Path, seed: int) -> tuple[dict, dict | None]:
+    """Stage 01 with an API teacher, in one call, from the teacher_sampling params
+    (`sampling`; `teacher` is run.teacher, the model name by default): check the
+    endpoint (key, address, model), sample (`sample_api`), and write the health report
+    of the requests made (`api_requests.csv`, `api_health.json`,
+    `figures/api_health.png`). Returns (stats, health summary); the summary is None
+    when no request was made (every shard already sampled)."""
+    endpoint = endpoint_from_params(sampling, teacher)
+    served = check_endpoint(endpoint)
+    print(f"API teacher {endpoint.model!r} at {endpoint.base_url} "
+          f"(serves: {', '.join(served) or 'unlisted'})")
+    cache_dir = cache_root() / "api-requests" if sampling.request_cache else None
+    settings = {key: getattr(sampling, key) for key in
+                ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k_logprobs")}
+    stats, log = sample_api(endpoint, tokenizer, train, heldout, run_dir, seed,
+                            sampling.shard_size, cache_dir, **settings)
+    if not log.records:
+        return stats, None
+    requests = health.requests_frame(log.records)
+    report = health.summarize(requests, prompts=len(train) + len(heldout),
+                              failed_prompts=len(stats["failed_prompts"]),
+                              price_input_per_million=endpoint.price_input_per_million,
+                              price_output_per_million=endpoint.price_output_per_million)
+    requests.to_csv(Path(run_dir) / API_REQUESTS, index=False)
+    write_json(Path(run_dir) / API_HEALTH, report)
+    health.plot(requests, health.over_time(requests), run_dir)
+    return stats, report
