@@ -4,6 +4,8 @@ conventions, and concurrent (batched) requests answer as single ones do."""
 
 import concurrent.futures
 import json
+import time
+import urllib.error
 import urllib.request
 
 import openai
@@ -143,3 +145,88 @@ def test_seeded_sampling_is_reproducible_even_when_requests_arrive_together(clie
         together = list(pool.map(ask, [1, 2, 1, 2, 1, 2]))
     assert alone[0] == alone[1]
     assert together == [alone[0], alone[2]] * 3
+
+
+# --- work nobody waits for is dropped -------------------------------------------
+
+STEP_S = 0.03  # each forward pass of the slowed model takes at least this long
+
+
+@pytest.fixture
+def slow_server(tiny_model_factory, teacher_tokenizer):
+    """A server whose model is slowed by a sleep in every forward pass, as a busy CPU
+    would be; yields (url, app, forward-pass counter)."""
+    model = tiny_model_factory(seed=1, vocab_size=49152, hidden_size=16, intermediate_size=32,
+                               num_hidden_layers=2, num_attention_heads=2,
+                               num_key_value_heads=1, max_position_embeddings=1024)
+    forwards = []
+
+    def slow(module, args):
+        forwards.append(1)
+        time.sleep(STEP_S)
+    model.register_forward_pre_hook(slow)
+    app = create_app(model, teacher_tokenizer, NAME, max_batch_size=2, batch_wait_ms=10)
+    with BackgroundServer(app) as url:
+        yield url, app, forwards
+
+
+def _settled(app, forwards, quiet_s: float = 0.5, limit_s: float = 10.0) -> float:
+    """Seconds until the worker is idle and no forward pass ran for `quiet_s`."""
+    start = time.monotonic()
+    while time.monotonic() - start < limit_s:
+        before = len(forwards)
+        time.sleep(quiet_s)
+        worker = app.state.worker
+        if len(forwards) == before and not worker.running and worker.queue.empty():
+            return time.monotonic() - start
+    raise AssertionError(f"the server still works {limit_s} s after its clients left")
+
+
+def _burst(url: str, n: int, max_tokens: int, timeout: float, headers: dict | None = None):
+    """n completion requests at once, each from a client that gives up after `timeout`;
+    returns how many timed out on the client side."""
+    def one(i):
+        body = json.dumps({"model": NAME, "prompt": [1, 2, 3 + i], "max_tokens": max_tokens,
+                           "temperature": 0}).encode()
+        request = urllib.request.Request(f"{url}/v1/completions", data=body, headers={
+            "Content-Type": "application/json", **(headers or {})})
+        try:
+            urllib.request.urlopen(request, timeout=timeout).read()
+            return 0
+        except urllib.error.HTTPError as error:
+            return int(error.code == 408)
+        except OSError:  # the client's own timeout: it closes the connection
+            return 1
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        return sum(pool.map(one, range(n)))
+
+
+def test_clients_that_disconnect_leave_no_work_running(slow_server):
+    """8 requests of 200 tokens (~6 s each batch of 2) whose clients give up after 0.5 s
+    and close the connection: the running batch stops, the queued jobs are dropped,
+    and the model falls idle instead of generating ~1,600 tokens for nobody."""
+    url, app, forwards = slow_server
+    assert _burst(url, n=8, max_tokens=200, timeout=0.5) == 8
+    _settled(app, forwards)
+    assert len(forwards) < 200  # far fewer steps than the 4 batches x 200 asked for
+    assert app.state.worker.dropped >= 4  # queued jobs never started
+    # the server still answers afterwards
+    body = json.dumps({"model": NAME, "prompt": [1, 2, 3], "max_tokens": 2,
+                       "temperature": 0}).encode()
+    request = urllib.request.Request(f"{url}/v1/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    answer = json.loads(urllib.request.urlopen(request, timeout=30).read())
+    assert answer["usage"]["completion_tokens"] == 2
+
+
+def test_a_request_past_its_deadline_is_dropped_while_its_client_waits(slow_server):
+    """The openai client sends its timeout as x-stainless-read-timeout; past it the
+    server stops the job and answers 408, even while the connection stays open."""
+    url, app, forwards = slow_server
+    started = time.monotonic()
+    timed_out = _burst(url, n=2, max_tokens=200, timeout=30,
+                       headers={"x-stainless-read-timeout": "0.5"})
+    assert timed_out == 2
+    assert time.monotonic() - started < 5  # 408 soon after the deadline, not after 6 s
+    _settled(app, forwards)
+    assert len(forwards) < 100

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import httpx
 import numpy as np
+import openai
 import pandas as pd
 import pytest
 
@@ -24,6 +26,7 @@ from distill.api.client import (
     Endpoint,
     RequestCache,
     backoff,
+    backoff_base,
     check_endpoint,
     retry_after,
 )
@@ -237,6 +240,18 @@ def test_retry_after_and_backoff():
     delays = [backoff(attempt, 1.0, rng) for attempt in range(4)]
     assert all(2 ** a * 0.5 <= d <= 2 ** a for a, d in enumerate(delays))
     assert backoff(30, 1.0, rng) <= 60
+
+
+def test_timeouts_back_off_longer_than_other_errors():
+    """A timeout says the server is behind: retrying at once only lengthens its queue,
+    so the backoff then starts at a quarter of the timeout (never below retry_backoff)."""
+    request = httpx.Request("POST", "http://127.0.0.1:9/v1/chat/completions")
+    timeout = openai.APITimeoutError(request=request)
+    server_error = openai.InternalServerError(
+        "busy", response=httpx.Response(500, request=request), body=None)
+    assert backoff_base(timeout, retry_backoff=0.2, request_timeout=40) == 10
+    assert backoff_base(timeout, retry_backoff=20, request_timeout=40) == 20
+    assert backoff_base(server_error, retry_backoff=0.2, request_timeout=40) == 0.2
 
 
 def test_text_only_answers_are_retokenized(teacher_tokenizer):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .params import ParamsError, describe
+from .params import ParamsError, RunParams, describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     serve = commands.add_parser(
         "serve", help="serve a model over an OpenAI-compatible HTTP API (FastAPI + uvicorn)")
-    serve.add_argument("model", help="embedded teacher name, Hugging Face id, model folder, or "
-                       "a run folder (serves its distilled student)")
+    serve.add_argument("model", nargs="?", default=RunParams().teacher,
+                       help="embedded teacher name, Hugging Face id, model folder, or a run "
+                       "folder (serves its distilled student); default: the default teacher, "
+                       "%(default)s")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on")
     serve.add_argument("--name", help="model name clients ask for (default: the model argument)")
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--batch-wait-ms", type=float,
                        help="how long the first request waits for others to batch with "
                        "(default 50)")
+    serve.add_argument("--request-timeout", type=float,
+                       help="seconds after which a request nobody answered is dropped "
+                       "(default 600; sooner where the client says its own timeout)")
     serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
@@ -66,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
 
     from .api.client import ApiTeacherError
+    from .models import ModelNotFound
     from .pipeline import StageFailed, run_pipeline, run_sweep
 
     try:
@@ -74,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
-    except (ParamsError, ValueError, FileNotFoundError, ApiTeacherError) as error:
+    except (ParamsError, ValueError, FileNotFoundError, ApiTeacherError,
+            ModelNotFound) as error:
         print(f"distill: error: {error}", file=sys.stderr)
         return 2
     except StageFailed as error:
@@ -100,7 +107,8 @@ def _serve(args) -> int:
         print(f"distill: error: {error}", file=sys.stderr)
         return 2
     name = args.name or name
-    batching = {"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms}
+    batching = {"max_batch_size": args.max_batch_size, "batch_wait_ms": args.batch_wait_ms,
+                "request_timeout": args.request_timeout}
     app = create_app(model, tokenizer, name, api_key=api_key,
                      **{key: value for key, value in batching.items() if value is not None})
     print(f"Serving {name!r} at http://{args.host}:{args.port}/v1 "

@@ -18,6 +18,9 @@ class PromptError(ValueError):
     """A prompt source is missing, empty or has a bad row; the message says where."""
 
 
+PROMPT_SUFFIXES = (".jsonl", ".csv", ".parquet")  # the prompt file types load_prompts reads
+
+
 def builtin_path(name: str) -> Path:
     return Path(str(resources.files("distill") / "assets" / name))
 
@@ -42,9 +45,25 @@ def load_prompts(source: str = "builtin", prompt_field: str = "prompt",
     return prompts
 
 
-def _read_file(path: Path) -> list[dict]:
+def check_prompt_source(source: str) -> None:
+    """Raise PromptError for a prompt file that does not exist or has a type
+    `load_prompts` cannot read; reads nothing (builtin and hf: pass unchecked)."""
+    if source != "builtin" and not source.startswith("hf:"):
+        _check_prompt_file(Path(source))
+
+
+def _check_prompt_file(path: Path) -> None:
     if not path.exists():
         raise PromptError(f"{path}: no such prompt file")
+    if path.is_dir():
+        raise PromptError(f"{path}: a folder, not a prompt file")
+    if path.suffix.lower() not in PROMPT_SUFFIXES:
+        raise PromptError(f"{path}: unsupported prompt file type {path.suffix.lower()!r}; "
+                          f"use {', '.join(PROMPT_SUFFIXES[:-1])} or {PROMPT_SUFFIXES[-1]}")
+
+
+def _read_file(path: Path) -> list[dict]:
+    _check_prompt_file(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         rows = []
@@ -58,11 +77,8 @@ def _read_file(path: Path) -> list[dict]:
         return rows
     if suffix == ".csv":
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    elif suffix == ".parquet":
+    else:  # .parquet
         frame = pd.read_parquet(path)
-    else:
-        raise PromptError(f"{path}: unsupported prompt file type {suffix!r}; "
-                          "use .jsonl, .csv or .parquet")
     return frame.to_dict("records")
 
 
@@ -139,7 +155,20 @@ def load_corpus(source: str = "builtin") -> str:
         return "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
     if source.startswith("hf:"):
         return "\n\n".join(row["text"] for row in _read_hub_dataset(source[3:]))
+    try:
+        check_corpus_source(source)
+    except PromptError as error:
+        raise PromptError(f"evaluation.corpus: {error}") from None
+    return Path(source).read_text()
+
+
+def check_corpus_source(source: str) -> None:
+    """Raise PromptError for a corpus file that does not exist; reads nothing
+    (builtin and hf: pass unchecked)."""
+    if source == "builtin" or source.startswith("hf:"):
+        return
     path = Path(source)
     if not path.exists():
-        raise PromptError(f"{path}: no such corpus file (evaluation.corpus)")
-    return path.read_text()
+        raise PromptError(f"{path}: no such corpus file")
+    if path.is_dir():
+        raise PromptError(f"{path}: a folder, not a corpus file")

@@ -18,6 +18,7 @@ import contextlib
 import copy
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,24 +75,43 @@ def embedded_status() -> list[dict]:
     return rows
 
 
-def resolve_model_path(name: str) -> str:
-    """Folder (or hub id) that `from_pretrained` can load for `name`."""
+# owner/name, as the Hugging Face Hub spells a model id
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _model_kind(name: str) -> tuple[str, object]:
+    """What `name` is: ('embedded', entry), ('folder', path) or ('hub', id). The one
+    place for these rules; raises ModelNotFound when it is none of them."""
     if name in EMBEDDED:
-        return str(_cached_embedded(name))
-    if Path(name).expanduser().exists():
-        return str(Path(name).expanduser())
-    if "/" in name and not name.startswith((".", "/")):
-        return name  # a hub id; from_pretrained reports whether the hub has it
+        return "embedded", EMBEDDED[name]
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return "folder", folder
+    if _HUB_ID.fullmatch(name):
+        return "hub", name  # from_pretrained reports whether the hub has it
     raise ModelNotFound(
         f"model {name!r}: not an embedded teacher ({', '.join(EMBEDDED)}), not an existing "
         "folder, and not a Hugging Face id (owner/name). Run `distill models` to list the "
         "embedded ones.")
 
 
-def _cached_embedded(name: str) -> Path:
-    target = cache_root() / name
-    if (target / "config.json").exists():
-        return target
+def check_model_name(name: str) -> None:
+    """Raise ModelNotFound unless `name` can be loaded: cheap, it loads, converts and
+    downloads nothing (for checks before a run starts)."""
+    kind, _ = _model_kind(name)
+    if kind == "embedded" and not (cache_root() / name / "config.json").exists():
+        _embedded_source(name)  # not converted yet: its package must be installed
+
+
+def resolve_model_path(name: str) -> str:
+    """Folder (or hub id) that `from_pretrained` can load for `name`."""
+    kind, source = _model_kind(name)
+    return str(_cached_embedded(name)) if kind == "embedded" else str(source)
+
+
+def _embedded_source(name: str) -> Path:
+    """The folder of an embedded teacher's GGUF file; ModelNotFound saying what to
+    install when its package (or the gguf reader) is missing."""
     entry = EMBEDDED[name]
     folder = entry.gguf_folder()
     if folder is None:
@@ -100,6 +120,14 @@ def _cached_embedded(name: str) -> Path:
     if importlib.util.find_spec("gguf") is None:
         raise ModelNotFound("reading GGUF files needs the package gguf; "
                             "install it with: pip install gguf")
+    return folder
+
+
+def _cached_embedded(name: str) -> Path:
+    target = cache_root() / name
+    if (target / "config.json").exists():
+        return target
+    entry, folder = EMBEDDED[name], _embedded_source(name)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     print(f"Converting {entry.gguf_file} to safetensors in {target} (once, ~20 s)")

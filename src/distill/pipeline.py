@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .params import STAGES, Params, load_params
+from .params import STAGES, Params, ParamsError, load_params
 from .runs import MANIFEST, PARAMS, artifact_hashes, atomic_file, new_run_dir, update_manifest
 
 NOTEBOOKS = {
@@ -56,19 +56,58 @@ def check_teacher(params: Params) -> None:
         check_endpoint(endpoint_from_params(sampling, params.run.teacher))
 
 
+def preflight(params: Params, source: str | Path, will_sample: bool = True) -> None:
+    """Cheap checks of what the stages will read, before any run folder exists:
+    the files and model names the params point to (existence only: nothing is
+    loaded or converted; the prompt file only when the run will sample) and, when
+    the run will sample, an API teacher's endpoint.
+    Raises ParamsError naming `source` (the params file), the key and the value,
+    and saying what to do; ApiTeacherError from the endpoint check."""
+    from .data import PROMPT_SUFFIXES, PromptError, check_corpus_source, check_prompt_source
+    from .models import ModelNotFound, check_model_name
+
+    def check(key: str, value: str, checker, advice: str) -> None:
+        try:
+            checker(value)
+        except (PromptError, ModelNotFound) as error:
+            raise ParamsError(f"{source}: {key}: {error}{advice}") from None
+
+    def missing(value: str, kind: str) -> str:  # what to do about a file that is not there
+        if Path(value).exists():
+            return ""  # there, but unusable: the message says what to use
+        where = "" if Path(value).is_absolute() else f" (relative paths start at {Path.cwd()})"
+        return f"; give an existing {kind}{where}, builtin (shipped with distill), or hf:<dataset>"
+
+    if will_sample:
+        prompts = params.teacher_sampling.prompts
+        check("teacher_sampling.prompts", prompts, check_prompt_source,
+              missing(prompts, f"{', '.join(PROMPT_SUFFIXES[:-1])} or {PROMPT_SUFFIXES[-1]} file"))
+    check("run.teacher", params.run.teacher, check_model_name, "")  # 02 and 03 load it too
+    corpus = params.evaluation.corpus
+    check("evaluation.corpus", corpus, check_corpus_source, missing(corpus, "text file"))
+    student = params.student_training.student
+    if student not in ("pruned", "config"):
+        check("student_training.student", student, check_model_name,
+              " Or use pruned (the teacher minus layers) or config (a small model from "
+              "scratch).")
+    if will_sample:
+        check_teacher(params)
+
+
 def prepare_run(source: str | Path, overrides: list[str] = (),
                 will_sample: bool = True) -> tuple[Path, Params]:
     """A new run folder for a params file, or an existing run folder to continue.
-    Writes the resolved params.yaml; invalid params, and a teacher endpoint that
-    cannot be used (when the run will sample), stop it before any write."""
+    Writes the resolved params.yaml; invalid params, files or model names that do
+    not exist, and a teacher endpoint that cannot be used (the last three checked
+    as `preflight` says) stop it before any write."""
     source = Path(source)
     if source.is_dir():
         run_dir = source
-        params = load_params(run_dir / PARAMS, overrides)
+        params_file = run_dir / PARAMS
     else:
-        params = load_params(source, overrides)
-    if will_sample:
-        check_teacher(params)
+        params_file = source
+    params = load_params(params_file, overrides)
+    preflight(params, params_file, will_sample)
     if not source.is_dir():
         run_dir = new_run_dir(params.run.output_dir, params.run.name)
         update_manifest(run_dir, params_file=str(source), overrides=list(overrides),
@@ -117,6 +156,8 @@ def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
     from .compare import load_sweep, share_samples
 
     base, variants = load_sweep(path)
+    for variant_overrides in variants.values():  # every variant, before the first runs
+        preflight(load_params(base, [*variant_overrides, *overrides]), base, will_sample=False)
     run_dirs: list[Path] = []
     for name, variant_overrides in variants.items():
         print(f"==== variant {name}")
