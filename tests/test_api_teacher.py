@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,15 +22,8 @@ import pytest
 
 from distill import samples, sampling
 from distill.api import health
-from distill.api.client import (
-    ApiTeacherError,
-    Endpoint,
-    RequestCache,
-    backoff,
-    backoff_base,
-    check_endpoint,
-    retry_after,
-)
+from distill.api.client import ApiTeacherError, Endpoint, RequestCache, check_endpoint
+from distill.api.retries import InFlightLimit, backoff, backoff_base, retry_after
 from distill.api.server import create_app
 from distill.api.teacher import response_to_sample, sample_api
 from distill.data import load_prompts, split_prompts
@@ -240,6 +234,47 @@ def test_retry_after_and_backoff():
     delays = [backoff(attempt, 1.0, rng) for attempt in range(4)]
     assert all(2 ** a * 0.5 <= d <= 2 ** a for a, d in enumerate(delays))
     assert backoff(30, 1.0, rng) <= 60
+
+
+def test_requests_in_flight_halve_on_timeouts_and_grow_back_one_by_one():
+    limit = InFlightLimit(8)
+    stopped = threading.Event()
+    with limit.slot(stopped) as sent_early:
+        pass
+    limit.record("timeout", sent_early)
+    assert limit.limit == 4 and limit.lowest == 4
+    limit.record("timeout", sent_early)  # sent before the cut: the same episode
+    assert limit.limit == 4
+    limit.record("server_error", time.monotonic())  # not a sign of load: no change
+    assert limit.limit == 4
+    limit.record("rate_limited", time.monotonic())
+    assert limit.limit == 2 and limit.lowest == 2
+    for _ in range(2):  # a window's worth of successes adds about one
+        limit.record("ok", time.monotonic())
+    assert limit.limit == pytest.approx(2 + 1 / 2 + 1 / 2.5)
+    for _ in range(200):
+        limit.record("ok", time.monotonic())
+    assert limit.limit == 8 and limit.lowest == 2  # back to the maximum, never above
+    for _ in range(10):
+        limit.record("timeout", time.monotonic() + 1)
+    assert limit.limit == 1  # never below one request
+
+
+def test_a_full_limit_holds_requests_back_until_one_returns():
+    limit, stopped, order = InFlightLimit(1), threading.Event(), []
+
+    def request(name, hold):
+        with limit.slot(stopped):
+            order.append(f"{name} in")
+            time.sleep(hold)
+            order.append(f"{name} out")
+
+    first = threading.Thread(target=request, args=("a", 0.3))
+    first.start()
+    time.sleep(0.05)
+    request("b", 0.0)
+    first.join()
+    assert order == ["a in", "a out", "b in", "b out"]
 
 
 def test_timeouts_back_off_longer_than_other_errors():

@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "distill"
 LAYERS = {
     "face": {"cli", "pipeline"},
     "stages": {"sampling", "training", "evaluation", "plots", "compare", "api"},
-    "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure"},
+    "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
+               "precision"},
     "base": {"params", "runs"},
 }
 TEST_EQUIPMENT = "testing"

@@ -77,11 +77,19 @@ def test_cli_reports_bad_params_and_failed_stage(tmp_path):
     assert result.returncode == 2
     assert str(bad) in result.stderr and "student_training.lr" in result.stderr
 
+    # A missing file stops the run before its folder exists (exit 2); what only a stage
+    # can find out fails that stage (exit 1): here, a held-out set as large as the prompts.
     result = subprocess.run(
         [sys.executable, "-m", "distill.cli", "run", str(ROOT / "params" / "smoke.yaml"),
          "--set", f"run.output_dir={tmp_path}", "--set", "teacher_sampling.prompts=missing.jsonl"],
         capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "missing.jsonl" in result.stderr
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no run folder
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "run", str(ROOT / "params" / "smoke.yaml"),
+         "--set", f"run.output_dir={tmp_path}", "--set", "teacher_sampling.heldout_size=100000"],
+        capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1
     assert "stage teacher_sampling failed" in result.stderr
     assert "01_teacher_sampling.ipynb" in result.stderr
-    assert "missing.jsonl" in result.stderr
+    assert "heldout_size" in result.stderr

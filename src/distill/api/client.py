@@ -1,11 +1,9 @@
 """The HTTP side of the API teacher: endpoint, checks, retries, cache and request log.
 
 Requests go through the official `openai` client with its own retries off: ours
-are counted and logged. 429, 5xx, timeouts and dropped connections are retried
-with exponential backoff and jitter, honouring `Retry-After`; after a timeout the
-backoff starts higher, since a server that timed out is likely overloaded and
-a quick retry only adds to its queue. 401, 403, 404 and a spent quota say the
-configuration is wrong and stop the run. Successful answers are cached on disk,
+are counted and logged, with the policy of `distill.api.retries` (what to retry,
+how long to wait, how many requests at once). 401, 403, 404 and a spent quota say
+the configuration is wrong and stop the run. Successful answers are cached on disk,
 keyed by everything that determines them (never the key).
 
 The API key is read from the environment variable named by `api_key_env` and is
@@ -15,8 +13,6 @@ never written anywhere: not to params, samples, logs, the cache or error message
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import email.utils
 import hashlib
 import json
 import random
@@ -29,9 +25,7 @@ import openai
 
 from ..runs import atomic_file
 from . import api_key_from_env
-
-MAX_BACKOFF_S = 60.0  # our own exponential backoff stops growing here
-MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this
+from .retries import InFlightLimit, backoff, backoff_base, classify, retry_after, retryable
 
 
 class ApiTeacherError(RuntimeError):
@@ -176,66 +170,9 @@ class RequestLog:
         return time.monotonic() - self.started
 
 
-def classify(error: Exception) -> str:
-    """The kind of a failed attempt, as the health report counts it."""
-    if isinstance(error, openai.APITimeoutError) or getattr(error, "status_code", None) == 408:
-        return "timeout"
-    if isinstance(error, openai.APIConnectionError):
-        return "connection"
-    if isinstance(error, openai.RateLimitError):
-        return "rate_limited"
-    if isinstance(error, openai.APIStatusError):
-        return "server_error" if error.status_code >= 500 else "client_error"
-    return "other"
-
-
-def retryable(error: Exception) -> bool:
-    """Worth another try: what the official client retries (timeouts, dropped
-    connections, 408, 409, 429, 5xx), except a 429 that means the quota is spent."""
-    if isinstance(error, openai.APIConnectionError):  # timeouts included
-        return True
-    status = getattr(error, "status_code", None)
-    if status == 429:
-        return getattr(error, "code", None) != "insufficient_quota"
-    return status in (408, 409) or (status is not None and status >= 500)
-
-
-def retry_after(error: Exception) -> float | None:
-    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date), or
-    None when it did not ask, or asked in a form we cannot read."""
-    response = getattr(error, "response", None)
-    value = response.headers.get("retry-after") if response is not None else None
-    if value is None:
-        return None
-    try:
-        return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # "-0000" dates: RFC 5322 says UTC
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - time.time()))
-
-
-def backoff(attempt: int, base: float, rng: random.Random) -> float:
-    """Exponential backoff with jitter: uniform in [1/2, 1] of base * 2^attempt."""
-    return min(MAX_BACKOFF_S, base * 2 ** attempt) * rng.uniform(0.5, 1.0)
-
-
-def backoff_base(error: Exception, retry_backoff: float, request_timeout: float) -> float:
-    """The first retry delay after `error`. A timeout means the server is slow, most
-    often overloaded: retrying at once adds a request to the queue it is already
-    behind on, so the backoff then starts at a quarter of the timeout."""
-    if classify(error) == "timeout":
-        return max(retry_backoff, request_timeout / 4)
-    return retry_backoff
-
-
 class ApiTeacher:
-    """Requests for one run: client, cache, retries and the request log.
+    """Requests for one run: client, cache, retries, the request log, and the number of
+    requests in flight (`InFlightLimit`, at most endpoint.concurrency).
 
     A fatal error (key, model, quota) or too many prompts failing in a row (the
     endpoint is down) sets `stopped`: requests still queued give up at once and
@@ -251,6 +188,7 @@ class ApiTeacher:
         self.reason = "sampling was stopped"  # the first fatal error, for every waiter
         self.failed_in_a_row = 0
         self.give_up_after = max(10, 2 * endpoint.concurrency)
+        self.in_flight = InFlightLimit(endpoint.concurrency)
 
     def complete(self, prompt_id: str, request: dict) -> dict | None:
         """The response (a dict) for one request, or None once retries are spent.
@@ -263,10 +201,15 @@ class ApiTeacher:
         for attempt in range(self.endpoint.max_retries + 1):
             if self.stopped.is_set():
                 raise ApiTeacherError(self.reason)
-            start = self.log.now()
-            try:
-                response = self.client.chat.completions.create(**request).model_dump()
-            except openai.APIError as error:
+            response = error = None
+            with self.in_flight.slot(self.stopped) as sent:
+                start = self.log.now()
+                try:
+                    response = self.client.chat.completions.create(**request).model_dump()
+                except openai.APIError as caught:
+                    error = caught
+                self.in_flight.record("ok" if error is None else classify(error), sent)
+            if error is not None:  # the backoff waits outside the slot
                 self.log.add(prompt_id=prompt_id, attempt=attempt, start_s=start,
                              latency_s=self.log.now() - start, outcome=classify(error),
                              status=getattr(error, "status_code", None),

@@ -94,7 +94,7 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     `distill.sampling.sample_teacher` does locally). `settings`: max_new_tokens,
     do_sample, temperature, top_p, top_k_logprobs (at most MAX_TOP_LOGPROBS, which
     params checks). Returns (stats, request log); stats add 'with_logprobs' (samples
-    distillable token by token)."""
+    distillable token by token) and 'lowest_concurrency'."""
     log = log or RequestLog()
     teacher = ApiTeacher(endpoint, RequestCache(cache_dir), log, seed)
     vocab = TokenBytes(tokenizer)
@@ -136,7 +136,9 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     finally:  # on a stop (an error, an interrupt) queued and waiting requests give up
         teacher.stopped.set()
         pool.shutdown(wait=True, cancel_futures=True)
-    return {**stats, **counts}, log
+    # the fewest requests in flight the client fell back to: below concurrency, the
+    # endpoint was overloaded at some point
+    return {**stats, **counts, "lowest_concurrency": teacher.in_flight.lowest}, log
 
 
 def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldout: list[dict],
