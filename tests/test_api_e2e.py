@@ -81,8 +81,11 @@ def test_every_prompt_sampled_once_and_the_faults_counted(api_run):
     assert report["samples_lost"] == 0
     assert report["errors"]["rate_limited"] == proxy.injected["rate_limited"]
     assert report["errors"]["server_error"] == proxy.injected["server_error"]
-    assert report["errors"]["timeout"] == proxy.injected["slow"]
-    assert report["errors"]["connection"] == proxy.injected["drop"]
+    # a slow fault is a timeout, or (once a retry's longer timeout outlasts the proxy's
+    # hold) a connection closed without an answer, as a drop is
+    assert report["errors"]["timeout"] >= 1
+    assert report["errors"]["timeout"] + report["errors"]["connection"] == \
+        proxy.injected["slow"] + proxy.injected["drop"]
     assert report["completion_tokens"] == sum(len(ids) for ids in frame["completion_ids"])
     assert (run_dir / "figures" / "api_health.png").is_file()
     assert (run_dir / "api_requests.csv").is_file()

@@ -25,7 +25,15 @@ import openai
 
 from ..runs import atomic_file
 from . import api_key_from_env
-from .retries import InFlightLimit, backoff, backoff_base, classify, retry_after, retryable
+from .retries import (
+    InFlightLimit,
+    attempt_timeout,
+    backoff,
+    backoff_base,
+    classify,
+    retry_after,
+    retryable,
+)
 
 
 class ApiTeacherError(RuntimeError):
@@ -198,17 +206,21 @@ class ApiTeacher:
             self.log.add(prompt_id=prompt_id, attempt=0, start_s=self.log.now(), latency_s=0.0,
                          outcome="cached", status=200, **_usage(cached))
             return cached
+        timeouts = 0  # of this request so far: each one doubles the next attempt's timeout
         for attempt in range(self.endpoint.max_retries + 1):
             if self.stopped.is_set():
                 raise ApiTeacherError(self.reason)
             response = error = None
+            client = self.client.with_options(
+                timeout=attempt_timeout(self.endpoint.request_timeout, timeouts))
             with self.in_flight.slot(self.stopped) as sent:
                 start = self.log.now()
                 try:
-                    response = self.client.chat.completions.create(**request).model_dump()
+                    response = client.chat.completions.create(**request).model_dump()
                 except openai.APIError as caught:
                     error = caught
                 self.in_flight.record("ok" if error is None else classify(error), sent)
+            timeouts += error is not None and classify(error) == "timeout"
             if error is not None:  # the backoff waits outside the slot
                 self.log.add(prompt_id=prompt_id, attempt=attempt, start_s=start,
                              latency_s=self.log.now() - start, outcome=classify(error),

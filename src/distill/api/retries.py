@@ -4,6 +4,7 @@
 - `retryable`, `retry_after`, `backoff`, `backoff_base`: retry what the official
   client retries, honour `Retry-After`, else back off exponentially with jitter,
   longer after a timeout;
+- `attempt_timeout`: a request that timed out is retried with a longer timeout;
 - `InFlightLimit`: the requests in flight, halved when the endpoint falls behind.
 """
 
@@ -20,6 +21,7 @@ import openai
 
 MAX_BACKOFF_S = 60.0  # our own exponential backoff stops growing here
 MAX_RETRY_AFTER_S = 600.0  # a server's Retry-After is honoured up to this
+MAX_TIMEOUT_GROWTH = 8  # a request that keeps timing out waits at most 8x request_timeout
 
 
 def classify(error: Exception) -> str:
@@ -78,6 +80,14 @@ def backoff_base(error: Exception, retry_backoff: float, request_timeout: float)
     if classify(error) == "timeout":
         return max(retry_backoff, request_timeout / 4)
     return retry_backoff
+
+
+def attempt_timeout(request_timeout: float, timeouts_so_far: int) -> float:
+    """The timeout of the next attempt of a request that timed out `timeouts_so_far`
+    times: doubled each time, up to MAX_TIMEOUT_GROWTH x. On a server slower than the
+    timeout (a starved CPU), a fixed timeout fails every attempt; a growing one lets
+    the server finish (distill serve keeps a job as long as its client says it waits)."""
+    return request_timeout * min(MAX_TIMEOUT_GROWTH, 2 ** timeouts_so_far)
 
 
 class InFlightLimit:
