@@ -4,6 +4,7 @@ conventions, and concurrent (batched) requests answer as single ones do."""
 
 import concurrent.futures
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -230,3 +231,23 @@ def test_a_request_past_its_deadline_is_dropped_while_its_client_waits(slow_serv
     assert time.monotonic() - started < 5  # 408 soon after the deadline, not after 6 s
     _settled(app, forwards)
     assert len(forwards) < 100
+
+
+def test_distill_serve_waits_passively_unless_told_otherwise(monkeypatch):
+    """Spinning OpenMP threads beside another CPU-heavy process made generation ~8x
+    slower (measured): distill serve asks for passive waiting before torch loads,
+    and keeps a policy the user set."""
+    import uvicorn
+
+    from distill import cli
+    from distill.api import server
+
+    monkeypatch.setattr(server, "load_for_serving", lambda *args: (None, None, "m"))
+    monkeypatch.setattr(server, "create_app", lambda *args, **kwargs: None)
+    monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert cli.main(["serve", "--dtype", "float32"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert cli.main(["serve", "--dtype", "float32"]) == 0
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
