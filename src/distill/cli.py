@@ -50,7 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--request-timeout", type=float,
                        help="seconds after which a request nobody answered is dropped "
                        "(default 600; sooner where the client says its own timeout)")
-    serve.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    serve.add_argument("--dtype", default="auto",
+                       choices=["auto", "float32", "bfloat16", "float16"],
+                       help="weights' dtype; auto measures, as run.precision auto does")
 
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
@@ -108,7 +110,14 @@ def _serve(args) -> int:
             args.api_key_env, f"--api-key-env {args.api_key_env}: the environment variable "
             f"{args.api_key_env} is not set or empty; export {args.api_key_env}=<key> first, "
             "or drop --api-key-env")
-        model, tokenizer, name = load_for_serving(args.model, args.dtype)
+        dtype = args.dtype
+        if dtype == "auto":
+            from .precision import describe, resolve, weights_dtype
+
+            choice, why = resolve("auto")
+            print(describe(choice, why))
+            dtype = weights_dtype(choice)
+        model, tokenizer, name = load_for_serving(args.model, dtype)
     except (ValueError, ModelNotFound) as error:
         print(f"distill: error: {error}", file=sys.stderr)
         return 2

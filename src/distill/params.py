@@ -28,6 +28,8 @@ from urllib.parse import urlsplit
 import yaml
 
 STAGES = ("teacher_sampling", "student_training", "evaluation")
+# run.precision: auto measures (distill.precision); the others are taken as they are.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # The OpenAI API returns at most this many alternatives per token (`top_logprobs`);
 # the API teacher is held to it here, and `distill serve` refuses more.
 MAX_TOP_LOGPROBS = 20
@@ -71,6 +73,10 @@ class RunParams:
     teacher: str = _p("smollm2-135m-instruct",
                       "embedded teacher name (see `distill models`), Hugging Face id or folder")
     output_dir: str = _p("outputs", "folder that holds the run folders")
+    precision: str = _p("auto", "number format of sampling, training and evaluation: auto "
+                        "(bf16 where its products measure 1.5x the fp32 rate here, else fp32), "
+                        "fp32, bf16 or fp16",
+                        (lambda v: v in PRECISIONS, "must be one of " + ", ".join(PRECISIONS)))
 
 
 @dataclass
@@ -90,8 +96,10 @@ class TeacherSamplingParams:
                              "only (sequence-level KD)", non_negative)
     batch_size: int = _p(16, "prompts generated together (local backend)", positive)
     shard_size: int = _p(128, "prompts per Parquet shard: the unit of resume", positive)
-    dtype: str = _p("float32", "teacher weights: float32 or bfloat16 (local backend)",
-                    (lambda v: v in ("float32", "bfloat16"), "must be float32 or bfloat16"))
+    dtype: str | None = _p(None, "teacher weights (local backend): null follows run.precision; "
+                           "float32, bfloat16 or float16 to override it",
+                           (lambda v: v in (None, "float32", "bfloat16", "float16"),
+                            "must be null, float32, bfloat16 or float16"))
     backend: str = _p("local", "local (run.teacher in this process) or openai (an "
                       "OpenAI-compatible API at base_url)",
                       (lambda v: v in ("local", "openai"), "must be local or openai"))
@@ -160,8 +168,10 @@ class StudentTrainingParams:
     warmup_steps: int = _p(10, "linear warmup, then cosine decay to zero", non_negative)
     weight_decay: float = _p(0.0, "AdamW weight decay", non_negative)
     max_grad_norm: float = _p(1.0, "gradient clipping norm", positive)
-    mixed_precision: str = _p("no", "no or bf16 (autocast on CPU and GPU)",
-                              (lambda v: v in ("no", "bf16"), "must be no or bf16"))
+    mixed_precision: str | None = _p(None, "autocast of training: null follows run.precision; "
+                                     "no, bf16 or fp16 to override it",
+                                     (lambda v: v in (None, "no", "bf16", "fp16"),
+                                      "must be null, no, bf16 or fp16"))
     checkpoint_every: int = _p(50, "optimizer steps between checkpoints", positive)
 
     # Derived facts: what the chosen objective needs, said once for notebook and trainer.

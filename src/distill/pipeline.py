@@ -122,12 +122,16 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     """Execute the stages (all, or from `from_stage` on) and return the run folder."""
     import papermill
 
+    from .precision import describe as describe_precision
+    from .precision import for_run
     from .runs import environment
 
     first = STAGES.index(parse_stage(from_stage)) if from_stage else 0
     run_dir, params = prepare_run(source, overrides, will_sample=first == 0)
     update_manifest(run_dir, environment=environment(), seed=params.run.seed)
     print(f"Run folder: {run_dir}")
+    # Probed once here; every notebook finds the verdict in the manifest.
+    print(describe_precision(*for_run(run_dir, params.run.precision)))
     for stage in STAGES[first:]:
         notebook = run_dir / NOTEBOOKS[stage]
         print(f"== {notebook.stem}")

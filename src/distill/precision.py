@@ -15,12 +15,14 @@ resumed run) agree without probing again.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .params import PRECISIONS
+from .runs import MANIFEST, read_json, update_manifest
+
 MIN_SPEEDUP = 1.5  # bf16 must beat fp32 by this much to be worth its rounding
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # (rows, inner, columns) of the products a forward pass of the embedded teacher makes
 # (width 576, MLP 1536): attention/MLP projections at decode (32 rows: one token of a
 # batch of 32) and at training sizes (512 rows), and the LM head (vocabulary 49,152).
@@ -80,12 +82,27 @@ def describe(precision: str, why: dict) -> str:
     return f"precision {precision}: as set in params"
 
 
-def torch_dtype(precision: str) -> torch.dtype:
-    """The weights' dtype for inference (generation, scoring) at `precision`."""
-    return DTYPES[precision]
+def for_run(run_dir: str | Path, requested: str) -> tuple[str, dict]:
+    """The run's precision: the choice recorded in its manifest for this request, or a
+    new one (`resolve`) that is then recorded. So the parent process probes once and
+    every stage, and a resumed run, reuses its verdict."""
+    recorded = (read_json(Path(run_dir) / MANIFEST, {}) or {}).get("precision")
+    if recorded and recorded.get("requested", recorded.get("choice")) == requested:
+        why = {k: v for k, v in recorded.items() if k != "choice"}
+        return recorded["choice"], why
+    choice, why = resolve(requested)
+    update_manifest(Path(run_dir), precision=None)  # replace, not merge: no stale figures
+    update_manifest(Path(run_dir), precision={"choice": choice, **why})
+    return choice, why
 
 
-def autocast_mode(precision: str) -> str:
-    """accelerate's mixed_precision for training at `precision`: master weights stay
-    float32, products run in the low precision."""
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+def weights_dtype(choice: str, override: str | None = None) -> str:
+    """The dtype name for inference weights (generation, scoring): a stage's own
+    setting (teacher_sampling.dtype) if given, else the run's choice."""
+    return override or {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[choice]
+
+
+def autocast_mode(choice: str, override: str | None = None) -> str:
+    """accelerate's mixed_precision for training: student_training.mixed_precision if
+    given, else the run's choice (master weights stay float32 either way)."""
+    return override or {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[choice]

@@ -1,0 +1,57 @@
+"""distill.precision: the probe, the auto rule, and one verdict per run."""
+
+import pytest
+import torch
+
+from distill import precision, runs
+
+
+def test_probe_times_both_formats_quickly():
+    figures = precision.probe(shapes=((16, 64, 64),), budget_s=0.02)
+    assert figures["fp32_gflops"] > 0 and figures["bf16_gflops"] > 0
+    assert figures["bf16_speedup"] == pytest.approx(
+        figures["bf16_gflops"] / figures["fp32_gflops"], rel=0.01)
+
+
+@pytest.mark.parametrize("speedup,expected", [(4.0, "bf16"), (1.6, "bf16"), (1.4, "fp32"),
+                                              (0.05, "fp32")])
+def test_auto_picks_bf16_only_where_it_is_clearly_faster(monkeypatch, speedup, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "probe", lambda: {"fp32_gflops": 10.0,
+                                                     "bf16_gflops": 10.0 * speedup,
+                                                     "bf16_speedup": speedup})
+    choice, why = precision.resolve("auto")
+    assert choice == expected and why["bf16_speedup"] == speedup
+    assert f"{speedup:.2f}x" in precision.describe(choice, why)
+
+
+def test_an_explicit_precision_wins_without_probing(monkeypatch):
+    monkeypatch.setattr(precision, "probe", lambda: pytest.fail("probed"))
+    assert precision.resolve("fp32") == ("fp32", {"requested": "fp32"})
+    assert precision.resolve("bf16")[0] == "bf16"
+    with pytest.raises(ValueError, match="run.precision"):
+        precision.resolve("float64")
+
+
+def test_a_run_probes_once_and_records_the_verdict(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "probe", lambda: calls.append(1) or {
+        "fp32_gflops": 10.0, "bf16_gflops": 30.0, "bf16_speedup": 3.0})
+    first = precision.for_run(tmp_path, "auto")
+    again = precision.for_run(tmp_path, "auto")  # a later stage, or a resumed run
+    assert first == again and first[0] == "bf16" and len(calls) == 1
+    recorded = runs.read_json(tmp_path / runs.MANIFEST)["precision"]
+    assert recorded["choice"] == "bf16" and recorded["bf16_speedup"] == 3.0
+    # asking for something else replaces the verdict, with no stale probe figures
+    assert precision.for_run(tmp_path, "fp32")[0] == "fp32"
+    assert runs.read_json(tmp_path / runs.MANIFEST)["precision"] == {
+        "choice": "fp32", "requested": "fp32"}
+
+
+def test_stage_settings_override_the_run_choice():
+    assert precision.weights_dtype("bf16") == "bfloat16"
+    assert precision.weights_dtype("bf16", "float32") == "float32"
+    assert precision.autocast_mode("fp32") == "no"
+    assert precision.autocast_mode("bf16") == "bf16"
+    assert precision.autocast_mode("bf16", "no") == "no"
