@@ -14,7 +14,7 @@ LAYERS = {
     "face": {"cli", "pipeline"},
     "stages": {"sampling", "training", "evaluation", "plots", "compare", "api"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
-               "precision"},
+               "precision", "chunked_head"},
     "base": {"params", "runs"},
 }
 TEST_EQUIPMENT = "testing"

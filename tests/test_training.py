@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import samples, training
+from distill import chunked_head, samples, training
+from distill.losses import IGNORE_INDEX
 from distill.params import StudentTrainingParams
 from test_samples import _samples, _text_only
 
@@ -141,3 +142,80 @@ def test_sequence_level_training_on_text_only_samples(tmp_path, tiny_model_facto
                          _config(max_steps=12, ce_weight=1.0, kd_weight=0.0, lr=1e-2))
     assert log["loss"].notna().all()
     assert log["loss"].iloc[-3:].mean() < log["loss"].iloc[:3].mean()
+
+
+# --- the LM head projected with the loss, in chunks ------------------------------
+
+def _head_case(seed=0, batch=2, length=7, width=8, vocab=64, k=4):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(batch, length, width, generator=generator, requires_grad=True)
+    weight = torch.randn(vocab, width, generator=generator, requires_grad=True)
+    labels = torch.randint(0, vocab, (batch, length), generator=generator)
+    labels[0, :3] = IGNORE_INDEX
+    labels[1, -1] = IGNORE_INDEX
+    teacher_logits = torch.randn(batch, length, vocab, generator=generator)
+    top = torch.log_softmax(teacher_logits, -1).topk(k)
+    return hidden, weight, labels, teacher_logits, top
+
+
+@pytest.mark.parametrize("signal", ["dense", "topk"])
+@pytest.mark.parametrize("chunk", [3, 1000])
+def test_chunked_head_equals_the_full_logits(signal, chunk):
+    """Loss parts and gradients (hidden states, head weight) equal distillation_loss on
+    hidden @ W^T, whether the kept positions fit one chunk or span several."""
+    from distill.losses import distillation_loss
+
+    hidden, weight, labels, teacher_logits, top = _head_case()
+    teacher = {"logits": teacher_logits} if signal == "dense" else \
+        {"logits": None, "topk_ids": top.indices, "topk_logprobs": top.values}
+    objective = {"ce_weight": 0.3, "kd_weight": 0.7, "temperature": 2.0,
+                 "kd_loss": "generalized_jsd", "options": {"kd_beta": 0.3, "kd_alpha": 0.1}}
+    full = distillation_loss(hidden @ weight.T, labels, teacher, **objective)
+    expected = torch.autograd.grad(full["loss"], (hidden, weight))
+    chunked = chunked_head.distillation_loss_from_hidden(hidden, weight, labels, teacher,
+                                                     chunk_positions=chunk, **objective)
+    assert set(chunked) == set(full) == {"loss", "ce", "kd"}
+    for name in full:
+        assert float(chunked[name].detach()) == pytest.approx(float(full[name].detach()), rel=1e-5)
+    got = torch.autograd.grad(chunked["loss"] * 2.0, (hidden, weight))  # scaled upstream
+    for g, e in zip(got, expected):
+        assert torch.allclose(g, 2.0 * e, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_head_under_bf16_autocast_matches_the_full_logits_within_bf16():
+    from distill.losses import distillation_loss
+
+    hidden, weight, labels, _, top = _head_case(vocab=256, width=32)
+    teacher = {"topk_ids": top.indices, "topk_logprobs": top.values}
+    objective = {"ce_weight": 0.5, "kd_weight": 1.0, "temperature": 1.0}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        full = distillation_loss(hidden @ weight.T, labels, teacher, **objective)
+        chunked = chunked_head.distillation_loss_from_hidden(hidden, weight, labels, teacher,
+                                                             chunk_positions=4, **objective)
+    expected = torch.autograd.grad(full["loss"], (hidden, weight))
+    got = torch.autograd.grad(chunked["loss"], (hidden, weight))
+    assert float(chunked["loss"].detach()) == pytest.approx(float(full["loss"].detach()),
+                                                            rel=2e-2)
+    for g, e in zip(got, expected):
+        assert g.dtype == e.dtype == torch.float32
+        assert torch.allclose(g, e, rtol=5e-2, atol=5e-3)
+
+
+def test_chunked_head_with_nothing_kept_is_zero_with_a_graph():
+    hidden, weight, labels, _, top = _head_case()
+    labels[:] = IGNORE_INDEX
+    parts = chunked_head.distillation_loss_from_hidden(
+        hidden, weight, labels, {"topk_ids": top.indices, "topk_logprobs": top.values},
+        ce_weight=1.0, kd_weight=1.0, temperature=1.0)
+    assert float(parts["loss"].detach()) == 0.0 and parts["loss"].requires_grad
+
+
+def test_the_plain_head_is_recognised_and_its_input_is_the_final_hidden_state(tiny_model):
+    assert training._plain_head_weight(tiny_model) is tiny_model.lm_head.weight
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    output = tiny_model(input_ids=ids, output_hidden_states=True)
+    assert torch.allclose(output.hidden_states[-1] @ tiny_model.lm_head.weight.T,
+                          output.logits, atol=1e-5)
+    soft_capped = copy.deepcopy(tiny_model)
+    soft_capped.config.final_logit_softcapping = 30.0
+    assert training._plain_head_weight(soft_capped) is None

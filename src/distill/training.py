@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .chunked_head import distillation_loss_from_hidden
 from .generation import generate
 from .losses import IGNORE_INDEX, HiddenStateLoss, distillation_loss
 from .measure import peak_memory_mb
@@ -87,7 +88,8 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
     # Accelerate's state is a process-wide singleton; reset it so a second call
     # (a benchmark, a test, a re-run cell) may choose another mixed precision.
     AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+    # mixed_precision None (follow run.precision) is resolved by the caller; alone, fp32
+    accelerator = Accelerator(mixed_precision=config.mixed_precision or "no",
                               cpu=not torch.cuda.is_available())
     torch.manual_seed(seed)
     hidden = None
@@ -233,8 +235,13 @@ def _loss(session: Session, batch: dict, config: StudentTrainingParams, *,
     # skips most prompt positions: that head is a third of this model's compute.
     start = int((batch["labels"] != IGNORE_INDEX).float().argmax(-1).min())
     keep = batch["input_ids"].shape[1] - start
+    head_weight = _plain_head_weight(student)
     with _capture(student, hidden, 0) as student_hidden:
-        student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
+        if head_weight is not None:  # the head is projected with the loss, in chunks
+            student_output = student(**inputs, output_hidden_states=True, logits_to_keep=1)
+            student_final = student_output.hidden_states[-1][:, start:-1]
+        else:
+            student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
     teacher_output, teacher_hidden = None, {}
     if teacher is not None and (teacher_logits or hidden is not None):
         with torch.no_grad(), _capture(teacher, hidden, 1) as teacher_hidden:
@@ -242,10 +249,16 @@ def _loss(session: Session, batch: dict, config: StudentTrainingParams, *,
     signal = {"logits": teacher_output if teacher_logits else None,
               "topk_ids": batch["topk_ids"][:, start:],
               "topk_logprobs": batch["topk_logprobs"][:, start:]}
-    parts = distillation_loss(
-        student_logits, batch["labels"][:, start:], signal, ce_weight=config.ce_weight,
-        kd_weight=config.kd_weight, temperature=config.temperature, kd_loss=config.kd_loss,
-        options=config.objective_options)
+    objective = {"ce_weight": config.ce_weight, "kd_weight": config.kd_weight,
+                 "temperature": config.temperature, "kd_loss": config.kd_loss,
+                 "options": config.objective_options}
+    labels = batch["labels"][:, start:]
+    if head_weight is not None:
+        with session.accelerator.autocast():  # the head in the run's precision, as inside
+            parts = distillation_loss_from_hidden(student_final, head_weight, labels, signal,
+                                                  **objective)
+    else:
+        parts = distillation_loss(student_logits, labels, signal, **objective)
     if hidden is not None:
         # hidden states at input positions 0..L-2 line up with labels (next tokens)
         kept = batch["labels"] != IGNORE_INDEX
@@ -253,6 +266,26 @@ def _loss(session: Session, batch: dict, config: StudentTrainingParams, *,
                                  {k: v[:, :-1] for k, v in teacher_hidden.items()}, kept)
         parts["loss"] = parts["loss"] + config.hidden_weight * parts["hidden"]
     return parts
+
+
+# Project the LM head with the loss where it is a plain linear map (False: whole, as a
+# model's forward does; benchmarks compare the two).
+CHUNK_HEAD = True
+
+
+def _plain_head_weight(model):
+    """The LM head's weight where logits are exactly hidden @ W^T (a Linear without bias,
+    no soft-capping or scaling, as in Llama, Qwen, Mistral); else None, and the
+    training step projects the head the ordinary way."""
+    model = getattr(model, "module", model)
+    head, config = model.get_output_embeddings(), model.config
+    if not CHUNK_HEAD:
+        return None
+    scaled = any(getattr(config, name, None) not in (None, 1, 1.0) for name in
+                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not scaled:
+        return head.weight
+    return None
 
 
 def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
