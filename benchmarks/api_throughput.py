@@ -48,7 +48,8 @@ def main():
                 "top_p": 1.0, "top_k_logprobs": 20}
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("DISTILL_BENCH_KEY", "unused")  # distill serve runs without a key
-    server, url = launch(args.teacher, "--max-batch-size", str(max(levels)))
+    # float32, as the local backend it is compared with
+    server, url = launch(args.teacher, "--max-batch-size", str(max(levels)), "--dtype", "float32")
     _, tokenizer = load_model(args.teacher)
     results = {"prompts": len(train), **settings, "api": {}}
     work = Path(tempfile.mkdtemp(prefix="distill-api-bench-"))
