@@ -57,13 +57,17 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, signal, weights, names, chunk):
         count = hidden.shape[0]
         grad_hidden, grad_weight = torch.zeros_like(hidden), torch.zeros_like(weight)
+        w = weight.detach()
+        device = hidden.device.type
+        if torch.is_autocast_enabled(device):  # cast the head once, not once per chunk
+            w = w.to(torch.get_autocast_dtype(device))
         sums = torch.zeros(len(names), dtype=torch.float32)
         for start in range(0, count, chunk):
             end = min(start + chunk, count)
             h = hidden[start:end].detach()
             # The chunk's logits are a leaf: the loss's gradient is taken with respect to
             # them only, and the two products below turn it into d hidden and d W.
-            logits = (h @ weight.detach().T).requires_grad_(True)
+            logits = (h @ w.T).requires_grad_(True)
             with torch.enable_grad():
                 parts = distillation_loss(
                     logits[None], labels[None, start:end],
@@ -73,7 +77,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     options=weights["options"])
                 share = (end - start) / count  # the chunk's weight in the mean
                 (d_logits,) = torch.autograd.grad(parts["loss"] * share, logits)
-            grad_hidden[start:end] = d_logits @ weight.detach().to(d_logits.dtype)
+            grad_hidden[start:end] = d_logits @ w.to(d_logits.dtype)
             grad_weight += d_logits.T @ h.to(d_logits.dtype)
             sums += torch.stack([parts[n].detach().float() for n in names]) * share
             del logits, d_logits  # free the chunk before the next is projected
