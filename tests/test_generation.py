@@ -2,6 +2,7 @@
 log-probs, batching equal to one at a time, length-sorted batches."""
 
 import copy
+import functools
 import itertools
 
 import pytest
@@ -137,6 +138,65 @@ def test_batched_equals_one_at_a_time(tiny_model, mini_tokenizer):
                                         max_new_tokens=7, top_k_logprobs=4)
     assert [r["completion_ids"] for r in through_all] == \
         [r["completion_ids"] for r in batched]
+
+
+SHARED = [3, 14, 15, 9, 2, 6, 5, 35, 8, 9]  # a system prompt every prompt opens with
+WITH_SHARED_PREFIX = [SHARED + [7], SHARED + [1, 2, 3, 4], SHARED + [60, 61], SHARED + [12]]
+
+
+@pytest.mark.parametrize("prompts", [PROMPTS, WITH_SHARED_PREFIX])
+def test_greedy_equals_transformers_generate(tiny_model, mini_tokenizer, prompts):
+    """The own decode loop (finished rows leave the batch, a shared prefix is computed
+    once) gives model.generate's greedy tokens, batched, up to each row's stop."""
+    free = _greedy_reference(tiny_model, prompts[1], 8)
+    position, eos = _eos_after_a_few_tokens(free)
+    tokenizer = mini_tokenizer(eos_token_id=eos, pad_token_id=0)
+    ours = generation.generate(tiny_model, tokenizer, prompts, max_new_tokens=8,
+                               top_k_logprobs=3)
+    batch = tokenizer.pad({"input_ids": prompts}, padding=True, return_tensors="pt")
+    theirs = tiny_model.generate(**batch, max_new_tokens=8, do_sample=False,
+                                 eos_token_id=eos, pad_token_id=0)[:, batch["input_ids"].shape[1]:]
+    assert ours[1]["finish_reason"] == "stop"  # one row leaves the batch early
+    for result, reference in zip(ours, theirs.tolist()):
+        stop = reference.index(eos) + 1 if eos in reference else len(reference)
+        assert result["completion_ids"] == reference[:stop]
+
+
+def test_shared_prefix_is_computed_once(tiny_model, mini_tokenizer, monkeypatch):
+    """Prompts opening alike run as a one-row prefix pass plus the rest, and still give
+    each prompt's own results (log-probs included)."""
+    tokenizer = mini_tokenizer(eos_token_id=63)
+    lengths = []
+    forward = tiny_model.forward
+
+    @functools.wraps(forward)  # keeps the signature, which names the cache argument
+    def counted(input_ids=None, **kwargs):
+        lengths.append(tuple(input_ids.shape))
+        return forward(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "forward", counted)
+    together = generation.generate(tiny_model, tokenizer, WITH_SHARED_PREFIX,
+                                   max_new_tokens=3, top_k_logprobs=4)
+    assert lengths[:2] == [(1, len(SHARED)), (4, 4)]  # the prefix once, then the rest
+    for prompt, result in zip(WITH_SHARED_PREFIX, together):
+        (alone,) = generation.generate(tiny_model, tokenizer, [prompt], max_new_tokens=3,
+                                       top_k_logprobs=4)
+        assert result["completion_ids"] == alone["completion_ids"]
+        assert torch.allclose(torch.tensor(result["topk_logprobs"]),
+                              torch.tensor(alone["topk_logprobs"]), atol=1e-4)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_top_p():
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    torch.manual_seed(0)
+
+    def drawn(top_p):
+        return {generation._next_tokens(logits, True, 1.0, top_p).item() for _ in range(200)}
+
+    assert drawn(0.5) == {1}  # the most likely token alone reaches 0.5
+    assert drawn(0.8) == {1, 2}
+    assert drawn(1.0) == {0, 1, 2}
+    assert generation._next_tokens(logits, False, 1.0, 1.0).tolist() == [1]
 
 
 def test_batches_by_length_groups_similar_lengths():
