@@ -67,11 +67,11 @@ def ordered_examples(run_dir: Path):
     """The examples (at most MAX_LENGTH tokens) in the order distill's seeded first
     epoch visits them, so that a sequential sampler (TRL) sees the same batches."""
     from distill.samples import build_examples, read_samples
-    from distill.training import epoch_batches
+    from distill.training import epoch_order
 
     examples = [e for e in build_examples(read_samples(run_dir))
                 if len(e.input_ids) <= MAX_LENGTH]
-    order = [i for batch in epoch_batches(len(examples), BATCH, 0, 0) for i in batch]
+    order = epoch_order([e.source for e in examples], {}, 0, 0)
     return examples, [examples[i] for i in order]
 
 

@@ -172,3 +172,46 @@ def check_corpus_source(source: str) -> None:
         raise PromptError(f"{path}: no such corpus file")
     if path.is_dir():
         raise PromptError(f"{path}: a folder, not a corpus file")
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip()
+
+
+def load_generic_seeds() -> list[str]:
+    """The shipped openings of generic text that the teacher continues (01)."""
+    text = builtin_path("generic_seeds.txt").read_text()
+    return [line for line in _strip_comments(text).splitlines() if line.strip()]
+
+
+def load_validation_prose(source: str = "builtin") -> str:
+    """Prose 02 validates on: the shipped text (neither trained on nor reported by 03)
+    or a .txt file."""
+    if source == "builtin":
+        return _strip_comments(builtin_path("validation_prose.txt").read_text())
+    path = Path(source)
+    if not path.is_file():
+        raise PromptError(f"teacher_sampling.validation_prose: {path}: no such text file")
+    return path.read_text()
+
+
+def document_files(pattern: str) -> list[Path]:
+    """The text files a `teacher_sampling.documents` glob names, sorted; an error that
+    says so when it names none."""
+    import glob
+
+    files = sorted(Path(p) for p in glob.glob(str(Path(pattern).expanduser()), recursive=True)
+                   if Path(p).is_file())
+    if not files:
+        raise PromptError(f"teacher_sampling.documents: {pattern!r} matches no file; give a "
+                          "glob of plain-text files, e.g. docs/*.txt")
+    return files
+
+
+def text_windows(tokenizer, text: str, block_size: int) -> list[list[int]]:
+    """Consecutive windows of `block_size` + 1 tokens (the first token is context only:
+    each window teaches `block_size` next tokens); a short last window is kept when it
+    teaches at least a few."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    windows = [ids[i:i + block_size + 1] for i in range(0, len(ids) - 1, block_size)]
+    return [w for w in windows if len(w) >= 8]

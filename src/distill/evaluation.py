@@ -22,18 +22,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import builtin_path, encode_chat
+from .data import builtin_path, encode_chat, text_windows
 from .generation import generate_all
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
-from .samples import build_examples, collate
+from .samples import Example, build_examples, collate
 
 
 @torch.inference_mode()
 def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                             batch_size: int) -> dict[str, dict]:
-    """{name: {'kl', 'top1_agreement', 'tokens'}} over the completion tokens of `samples`,
-    with the teacher's logits computed once per batch for all students."""
-    examples = build_examples(samples)
+    """{name: {'kl', 'top1_agreement', 'tokens'}} over the completion tokens of `samples`
+    (a samples DataFrame, or Examples such as `prose_examples`), with the teacher's
+    logits computed once per batch for all students."""
+    examples = samples if isinstance(samples, list) else build_examples(samples)
     sums = {name: {"kl": 0.0, "agree": 0, "tokens": 0} for name in students}
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
         batch = collate(examples[start:start + batch_size], pad_id)
@@ -68,6 +69,20 @@ def perplexity(model, tokenizer, text: str, max_tokens: int, block_size: int) ->
         total_nll += float(nll)
         total_tokens += window.shape[1] - 1
     return math.exp(total_nll / total_tokens)
+
+
+def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> list[Example]:
+    """Plain text as teacher-forcing examples: windows of `block_size` tokens (at most
+    `max_tokens` in all), every next token scored."""
+    windows = text_windows(tokenizer, text, block_size)
+    kept, total = [], 0
+    for window in windows:
+        if total >= max_tokens:
+            break
+        blank = [[] for _ in window[1:]]  # no cached top-k: the teacher is scored live
+        kept.append(Example(window, window[1:], blank, blank))
+        total += len(window) - 1
+    return kept
 
 
 def generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
@@ -129,9 +144,10 @@ def answer_scores(answers: list[str], teacher_answers: list[str],
 
 
 def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities: dict,
-                  scores: dict, speed: dict):
+                  scores: dict, speed: dict, prose: dict | None = None):
     """One row per model, one column per figure: size and cost, fidelity under teacher
-    forcing, perplexity, answer scores, generation speed (what metrics.json holds)."""
+    forcing on the held-out answers and (`prose`) on held-out prose, perplexity, answer
+    scores, generation speed (what metrics.json holds)."""
     import pandas as pd
 
     from .models import count_parameters, folder_size
@@ -143,6 +159,8 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities:
             else None,
             "heldout_kl": fidelity[name]["kl"],
             "top1_agreement": fidelity[name]["top1_agreement"],
+            **({"prose_kl": prose[name]["kl"], "prose_top1_agreement": prose[name]["top1_agreement"]}
+               if prose else {}),
             "perplexity": perplexities[name],
             **scores[name],
             "generation_tokens_per_second": speed[name],

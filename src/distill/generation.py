@@ -178,3 +178,28 @@ def score_prompt(model, ids: list[int], top_k: int) -> tuple[list[float | None],
     alternatives = [list(zip(top.indices[i].tolist(), top.values[i].tolist())) if top else []
                     for i in range(len(ids) - 1)]
     return [None, *chosen], [None, *alternatives]
+
+
+@torch.inference_mode()
+def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int = 8
+                    ) -> list[dict]:
+    """Teacher forcing over plain text: for each window of token ids, the model's top-k
+    next-token log-probs at every position after the first (no generation, so far
+    cheaper per token than sampling). Returns per window `topk_ids` / `topk_logprobs`,
+    one row per token from the second on, as `generate` records for a completion."""
+    results = []
+    for start in range(0, len(windows), batch_size):
+        chunk = windows[start:start + batch_size]
+        length = max(map(len, chunk))
+        ids = torch.zeros(len(chunk), length, dtype=torch.long)
+        mask = torch.zeros(len(chunk), length, dtype=torch.long)
+        for row, window in enumerate(chunk):  # right padding: positions start at 0
+            ids[row, :len(window)] = torch.tensor(window)
+            mask[row, :len(window)] = 1
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
+                       ).logits[:, :-1]
+        for row, window in enumerate(chunk):
+            top = torch.log_softmax(logits[row, :len(window) - 1].float(), -1).topk(top_k)
+            results.append({"topk_ids": top.indices.tolist(),
+                            "topk_logprobs": top.values.tolist()})
+    return results

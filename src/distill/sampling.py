@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from .data import encode_chat
-from .generation import generate_all
+from .data import encode_chat, text_windows
+from .generation import generate_all, score_documents
 from .samples import make_row, sample_shards
 
 
@@ -40,3 +40,58 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
 
     fingerprint = {"seed": seed, "shard_size": shard_size, **settings}
     return sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard)
+
+
+def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path, seed: int,
+                   shard_size: int, batch_size: int, max_new_tokens: int,
+                   top_k_logprobs: int) -> dict:
+    """The teacher's own generic text: `count` free continuations of the seed openings
+    (cycled), sampled at temperature 1 so repeated seeds go different ways, with the
+    top-k of every token, as `source='generic'` shards of the sample schema."""
+    prompts = [{"prompt_id": f"generic-{i:05d}", "kind": "generic", "reference": None,
+                "messages": [], "text": seeds[i % len(seeds)]} for i in range(count)]
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": 1.0,
+                "top_p": 1.0, "top_k_logprobs": top_k_logprobs}
+
+    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
+        torch.manual_seed(seed + 7919 * (index + 1))  # apart from the chat shards' seeds
+        prompt_ids = [tokenizer(p["text"], add_special_tokens=False)["input_ids"]
+                      for p, _ in shard]
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
+        return [make_row(p, split, ids, out["completion_ids"],
+                         tokenizer.decode(out["completion_ids"], skip_special_tokens=True),
+                         out["topk_ids"], out["topk_logprobs"], out["finish_reason"])
+                for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
+
+    fingerprint = {"seed": seed, "shard_size": shard_size, "count": count, **settings}
+    return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
+                         source="generic")
+
+
+def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, block_size: int,
+                     top_k_logprobs: int, shard_size: int, batch_size: int,
+                     source: str = "documents") -> dict:
+    """Teacher forcing over plain text: each text cut into windows of `block_size`
+    tokens, the teacher's top-k recorded at every token after a window's first (the
+    window's first token is its 'prompt'). `texts` maps a name (a file) to its text.
+    `source`: 'documents' (training) or 'validation' (02's validation prose)."""
+    split = "validation" if source == "validation" else "train"
+    windows = {f"{source}-{name}-{i:05d}": window for name, text in texts.items()
+               for i, window in enumerate(text_windows(tokenizer, text, block_size))}
+    prompts = [{"prompt_id": key, "kind": source, "reference": None, "messages": []}
+               for key in windows]
+
+    def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
+        chosen = [windows[p["prompt_id"]] for p, _ in shard]
+        scored = score_documents(model, chosen, top_k_logprobs, batch_size)
+        progress.update(len(shard))
+        return [make_row(p, split, window[:1], window[1:], tokenizer.decode(window[1:]),
+                         out["topk_ids"], out["topk_logprobs"], "length")
+                for (p, _), window, out in zip(shard, chosen, scored)]
+
+    fingerprint = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
+                   "shard_size": shard_size, "texts": sorted(texts)}
+    stats = sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
+                          source=source)
+    stats["tokens"] = sum(len(w) - 1 for w in windows.values())
+    return stats

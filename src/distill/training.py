@@ -31,11 +31,22 @@ from .models import default_layer_map, layer_outputs
 from .params import StudentTrainingParams
 from .runs import CHECKPOINTS, TRAIN_LOG, atomic_dir, atomic_file
 from .samples import Example, collate
+from .validation import load_best, save_best, topk_fidelity
 
 
-def epoch_batches(n_examples: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
-    order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(seed + epoch))
-    return [order[i:i + batch_size].tolist() for i in range(0, n_examples, batch_size)]
+def epoch_order(sources: list[str], weights: dict, seed: int, epoch: int) -> list[int]:
+    """The example indices of one epoch, shuffled: each source's examples `weight` times
+    (2: twice; 0.5: a seeded half; a source missing from `weights` counts 1)."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    chosen = []
+    for source in dict.fromkeys(sources):
+        members = torch.tensor([i for i, s in enumerate(sources) if s == source])
+        weight = weights.get(source, 1.0)
+        chosen += [members] * int(weight)
+        extra = round((weight - int(weight)) * len(members))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:extra]])
+    order = torch.cat(chosen) if chosen else torch.tensor([], dtype=torch.long)
+    return order[torch.randperm(len(order), generator=generator)].tolist()
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
@@ -146,7 +157,9 @@ def train_step(session: Session, examples: list[Example], step: int,
         epoch, index = divmod(step * config.grad_accum + micro, session.micro_per_epoch)
         if epoch not in order_cache:
             order_cache.clear()
-            order_cache[epoch] = epoch_batches(len(examples), config.batch_size, seed, epoch)
+            order = epoch_order([e.source for e in examples], config.source_weights, seed, epoch)
+            order_cache[epoch] = [order[i:i + config.batch_size]
+                                  for i in range(0, len(order), config.batch_size)]
         ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
         chosen = [examples[i] for i in ids]
         # a coin per micro-batch from its own seed: the same on resume
@@ -178,7 +191,8 @@ def train_step(session: Session, examples: list[Example], step: int,
 
 
 def train(student, examples: list[Example], run_dir: Path, config: StudentTrainingParams, *,
-          seed: int = 0, teacher=None, tokenizer=None) -> pd.DataFrame:
+          seed: int = 0, teacher=None, tokenizer=None,
+          validation: dict[str, list[Example]] | None = None) -> pd.DataFrame:
     """Distil into `student` (in place) from `examples`, as `config` (the
     student_training params) says. The teacher signal is the cached top-k
     (kd_source='topk') or `teacher`'s full logits ('online'); with hidden_weight > 0
@@ -186,8 +200,16 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     probability lmbda, replaced by the student's own completions scored by the teacher
     (both need `teacher`; on-policy also `tokenizer`). Padding uses the tokenizer's pad
     id (its value is masked out either way). Resumes from the newest checkpoint in the
-    run folder. Returns the log, one row per optimizer step."""
-    session = prepare(student, len(examples), config, seed, teacher)
+    run folder. `validation` names slices of examples with the teacher's top-k (e.g.
+    {'val': ..., 'prose': ...}): every `validation_every` steps and at the end the
+    student's KL and top-1 agreement on each go into the log (`val_kl`, `val_top1`,
+    ...), and with keep='best' the student ends with the weights of its lowest first
+    slice KL. Returns the log, one row per optimizer step."""
+    epoch_size = len(epoch_order([e.source for e in examples], config.source_weights, seed, 0))
+    if epoch_size == 0:
+        raise ValueError("student_training.source_weights leave no training sample: the "
+                         f"sources here are {sorted({e.source for e in examples})}")
+    session = prepare(student, epoch_size, config, seed, teacher)
     start_step, log = resume(session, run_dir)
     pad_id = (tokenizer.pad_token_id if tokenizer is not None else None) or 0
     session.student.train()
@@ -199,12 +221,35 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
         log.append(train_step(session, examples, step, config, seed, pad_id, tokenizer,
                               order_cache))
         progress.set_postfix(loss=f"{log[-1]['loss']:.4f}")
-        if (step + 1) % config.checkpoint_every == 0 or step + 1 == session.total_steps:
+        last = step + 1 == session.total_steps
+        if validation and ((step + 1) % config.validation_every == 0 or last):
+            log[-1].update(_validate(session, validation, pad_id, run_dir, log, config.keep))
+        if (step + 1) % config.checkpoint_every == 0 or last:
             _checkpoint(session.accelerator, run_dir, step + 1, pd.DataFrame(log),
                         Path(run_dir) / TRAIN_LOG)
     progress.close()
     session.student.eval()
+    if validation and config.keep == "best":
+        load_best(session.accelerator.unwrap_model(session.student), run_dir)
     return pd.DataFrame(log)
+
+
+def _validate(session: Session, slices: dict, pad_id: int, run_dir: Path, log: list,
+              keep: str) -> dict:
+    """KL and top-1 agreement on each validation slice; with keep='best', the weights
+    of a new lowest KL on the first slice are saved (see `validation.save_best`)."""
+    model = session.accelerator.unwrap_model(session.student)
+    with session.accelerator.autocast():
+        scores = {name: topk_fidelity(model, examples, pad_id) for name, examples in slices.items()}
+    row = {f"{name}_{key}": value for name, score in scores.items()
+           for key, value in (("kl", score["kl"]), ("top1", score["top1_agreement"]))}
+    first = f"{next(iter(slices))}_kl"
+    earlier = [r[first] for r in log[:-1]  # resumed logs hold NaN between validations
+               if first in r and not math.isnan(r[first])]
+    if keep == "best" and session.accelerator.is_main_process and \
+            (not earlier or row[first] < min(earlier)):
+        save_best(model, run_dir)
+    return row
 
 
 def adamw(parameters, **settings) -> torch.optim.AdamW:

@@ -1,0 +1,109 @@
+"""distill.pruning: each recipe on a tiny random model: its parameter count, that it
+runs and generates, width pruning with every channel kept is the teacher exactly, and
+`auto` keeps the candidate of lowest score."""
+
+import pytest
+import torch
+
+from distill import generation, pruning
+from distill.models import count_parameters
+
+CALIBRATION = [[1, 5, 9, 3, 7, 2, 11, 4], [4, 4, 8, 6, 10, 12, 30, 31, 2]]
+
+
+@pytest.fixture
+def teacher(tiny_model_factory):
+    return tiny_model_factory(seed=3, num_hidden_layers=6)
+
+
+def _budget(teacher, n_layers):
+    outside, per_layer = pruning._layer_parameters(teacher)
+    return outside + n_layers * per_layer
+
+
+@pytest.mark.parametrize("recipe", pruning.RECIPES)
+def test_each_recipe_fits_the_budget_runs_and_generates(teacher, mini_tokenizer, recipe):
+    budget = _budget(teacher, 4)
+    student = pruning.prune(teacher, recipe, CALIBRATION, budget)
+    assert count_parameters(student) <= budget
+    assert count_parameters(student) > _budget(teacher, 3)  # it uses the budget
+    logits = student(input_ids=torch.tensor([CALIBRATION[0]])).logits
+    assert logits.shape == (1, len(CALIBRATION[0]), teacher.config.vocab_size)
+    (out,) = generation.generate(student, mini_tokenizer(eos_token_id=63), [CALIBRATION[0]],
+                                 max_new_tokens=4)
+    assert len(out["completion_ids"]) == 4
+    assert count_parameters(teacher) > count_parameters(student)  # the teacher is untouched
+
+
+def test_width_with_every_channel_kept_is_the_teacher(teacher):
+    channels = teacher.config.intermediate_size
+    importance = pruning.channel_importance(teacher, CALIBRATION)
+    student = pruning.prune_width(teacher, importance, channels)
+    ids = torch.tensor([CALIBRATION[1]])
+    with torch.no_grad():
+        assert torch.equal(student(input_ids=ids).logits, teacher(input_ids=ids).logits)
+
+
+def test_width_keeps_the_most_active_channels(teacher):
+    importance = pruning.channel_importance(teacher, CALIBRATION)
+    student = pruning.prune_width(teacher, importance, 5)
+    kept = importance[0].topk(5).indices.sort().values
+    assert torch.equal(student.model.layers[0].mlp.up_proj.weight,
+                       teacher.model.layers[0].mlp.up_proj.weight[kept])
+    assert torch.equal(student.model.layers[0].mlp.down_proj.weight,
+                       teacher.model.layers[0].mlp.down_proj.weight[:, kept])
+    assert student.config.intermediate_size == 5
+
+
+def test_depth_drops_the_layers_of_least_influence():
+    # layer 2 changes nothing (cosine 1 with its input), layer 0 the most
+    n = 5
+    similarity = torch.ones(n, n)
+    for i, cos in enumerate([0.1, 0.5, 1.0, 0.7]):
+        similarity[i, i + 1] = similarity[i + 1, i] = cos
+    assert pruning.depth_keep(similarity, 3) == [0, 1, 3]
+
+
+def test_block_drops_the_closest_contiguous_block():
+    n = 7  # six layers; the block 3..4 maps its input to nearly the same output
+    similarity = torch.full((n, n), 0.2)
+    similarity[3, 5] = similarity[5, 3] = 0.99
+    assert pruning.block_keep(similarity, 4) == [0, 1, 2, 5]
+
+
+def test_auto_keeps_the_lowest_scoring_candidate(teacher, monkeypatch):
+    scores = {"alternate": 3.0, "depth": 2.0, "block": 0.5, "width": 1.0}
+
+    def score(student):  # a constructed case: each recipe's student gets its score
+        return scores[student.config.distill_prune_recipe_for_test]
+
+    original = pruning.prune
+
+    def tagged(teacher, recipe, calibration, budget, similarity=None):
+        student = original(teacher, recipe, calibration, budget, similarity)
+        student.config.distill_prune_recipe_for_test = recipe
+        return student
+
+    monkeypatch.setattr(pruning, "prune", tagged)
+    student, recipe, table = pruning.choose(teacher, CALIBRATION, _budget(teacher, 4), score)
+    assert recipe == "block"
+    assert {name: row["score"] for name, row in table.items()} == scores
+    assert student.config.distill_prune_recipe_for_test == "block"
+
+
+def test_a_model_without_llama_mlps_gets_an_error_naming_recipe_and_module(teacher):
+    del teacher.model.layers[0].mlp.gate_proj
+    with pytest.raises(pruning.PruningError, match=r"width: layer 0 has no mlp.gate_proj"):
+        pruning.prune(teacher, "width", CALIBRATION, _budget(teacher, 4))
+
+
+def test_a_budget_below_one_layer_is_refused(teacher):
+    with pytest.raises(pruning.PruningError, match="leaves no decoder layer"):
+        pruning.layers_within(teacher, 10)
+
+
+def test_budget_as_share_or_count(teacher):
+    total = count_parameters(teacher)
+    assert pruning.budget_parameters(teacher, 0.5) == int(0.5 * total)
+    assert pruning.budget_parameters(teacher, 12345.0) == 12345
+    assert pruning.budget_parameters(teacher, None) is None
