@@ -75,11 +75,11 @@ def test_shipped_generic_seeds_and_validation_prose_load():
 
 def test_epoch_order_follows_the_source_weights():
     sources = ["chat"] * 10 + ["generic"] * 4 + ["documents"] * 6
-    order = training.epoch_order(sources, {"chat": 2.0, "generic": 0.5, "documents": 0}, 0, 0)
+    order = samples.epoch_order(sources, {"chat": 2.0, "generic": 0.5, "documents": 0}, 0, 0)
     counted = pd.Series([sources[i] for i in order]).value_counts().to_dict()
     assert counted == {"chat": 20, "generic": 2}
-    assert training.epoch_order(sources, {}, 0, 1) != training.epoch_order(sources, {}, 0, 2)
-    assert sorted(training.epoch_order(sources, {}, 0, 0)) == list(range(20))
+    assert samples.epoch_order(sources, {}, 0, 1) != samples.epoch_order(sources, {}, 0, 2)
+    assert sorted(samples.epoch_order(sources, {}, 0, 0)) == list(range(20))
 
 
 @pytest.mark.parametrize("weights, message", [
@@ -138,3 +138,41 @@ def test_topk_fidelity_of_the_teacher_itself(tiny_model):
     result = validation.topk_fidelity(tiny_model, examples, pad_id=0)
     assert result["kl"] < 1e-4 and result["top1_agreement"] == 1.0
     assert result["tokens"] == sum(len(w) - 1 for w in windows)
+
+
+def test_prose_fidelity_gives_kl_agreement_and_perplexity(tiny_model, tiny_model_factory):
+    """On plain text: the teacher against itself has KL 0 and agreement 1; exp(nll) is the
+    perplexity of every token after the first, computed directly."""
+    from distill import evaluation
+
+    tokenizer = CharTokenizer()
+    text = "a small model reads a plain text, one character at a time. " * 2
+    examples = evaluation.prose_examples(tokenizer, text, max_tokens=100, block_size=32)
+    ids = tokenizer(text)["input_ids"][:100]
+    assert [t for e in examples for t in e.labels] == ids[1:]  # every token once
+    other = tiny_model_factory(seed=5)
+    scores = evaluation.teacher_forced_fidelity(tiny_model, {"teacher": tiny_model,
+                                                             "other": other}, examples, 0, 2)
+    assert scores["teacher"]["kl"] == pytest.approx(0.0, abs=1e-5)
+    assert scores["teacher"]["top1_agreement"] == 1.0
+    assert scores["other"]["kl"] > 0.01 and scores["other"]["tokens"] == 99
+    with torch.no_grad():
+        nll = sum(float(torch.nn.functional.cross_entropy(
+            other(input_ids=torch.tensor([w])).logits[0, :-1], torch.tensor(w[1:]),
+            reduction="sum")) for w in data.id_windows(ids, 32))
+    assert scores["other"]["nll"] == pytest.approx(nll / 99, rel=1e-5)
+
+
+def test_length_grouped_batches_pad_less_and_keep_every_example():
+    lengths = [int(x) for x in torch.randint(5, 200, (96,), generator=torch.Generator().manual_seed(0))]
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(1)).tolist()
+    grouped = samples.length_grouped(lengths, order, batch_size=8, seed=0, span=4)
+    assert sorted(i for batch in grouped for i in batch) == list(range(96))
+    assert all(len(batch) == 8 for batch in grouped)
+
+    def padded(batches):
+        return sum(max(lengths[i] for i in b) * len(b) for b in batches)
+
+    plain = [order[i:i + 8] for i in range(0, 96, 8)]
+    assert padded(grouped) < 0.8 * padded(plain)
+    assert grouped == samples.length_grouped(lengths, order, 8, seed=0, span=4)  # resumable

@@ -212,6 +212,11 @@ def text_windows(tokenizer, text: str, block_size: int) -> list[list[int]]:
     """Consecutive windows of `block_size` + 1 tokens (the first token is context only:
     each window teaches `block_size` next tokens); a short last window is kept when it
     teaches at least a few."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return id_windows(tokenizer(text, add_special_tokens=False)["input_ids"], block_size, 8)
+
+
+def id_windows(ids: list[int], block_size: int, min_length: int = 2) -> list[list[int]]:
+    """`ids` cut into windows of `block_size` + 1 tokens that overlap by one, so every
+    token after the first is predicted once; windows shorter than `min_length` dropped."""
     windows = [ids[i:i + block_size + 1] for i in range(0, len(ids) - 1, block_size)]
-    return [w for w in windows if len(w) >= 8]
+    return [w for w in windows if len(w) >= min_length]

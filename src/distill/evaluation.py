@@ -3,7 +3,7 @@
 - Teacher-forced fidelity on the held-out teacher completions: forward
   KL(p_T || p_S) per completion token (the training objective's direction) and
   top-1 agreement (student's argmax == teacher's argmax).
-- Perplexity on a text corpus that no stage trains on.
+- The same on a text corpus that no stage trains on (prose), and perplexity there.
 - Generated answers: ROUGE-L against the teacher's answer (the shipped local
   `evaluate` module), and, where the prompt has a reference, exact match and
   reference-in-answer accuracy.
@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import re
 import string
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import builtin_path, encode_chat, text_windows
+from .data import builtin_path, encode_chat, id_windows
 from .generation import generate_all
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
 from .samples import Example, build_examples, collate
@@ -31,11 +30,12 @@ from .samples import Example, build_examples, collate
 @torch.inference_mode()
 def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                             batch_size: int) -> dict[str, dict]:
-    """{name: {'kl', 'top1_agreement', 'tokens'}} over the completion tokens of `samples`
-    (a samples DataFrame, or Examples such as `prose_examples`), with the teacher's
-    logits computed once per batch for all students."""
+    """{name: {'kl', 'top1_agreement', 'nll', 'tokens'}} over the completion tokens of
+    `samples` (a samples DataFrame, or Examples such as `prose_examples`), with the
+    teacher's logits computed once per batch for all students. `nll` is the mean
+    next-token loss on the text itself: exp(nll) is the perplexity."""
     examples = samples if isinstance(samples, list) else build_examples(samples)
-    sums = {name: {"kl": 0.0, "agree": 0, "tokens": 0} for name in students}
+    sums = {name: {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0} for name in students}
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
         batch = collate(examples[start:start + batch_size], pad_id)
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
@@ -48,41 +48,22 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                 forward_kl, student_logits, teacher_logits, batch["labels"])) * count
             same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
             sums[name]["agree"] += int(same[keep].sum())
+            sums[name]["nll"] += float(torch.nn.functional.cross_entropy(
+                student_logits[keep], batch["labels"][keep], reduction="sum"))
             sums[name]["tokens"] += count
     return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
-                   "tokens": s["tokens"]} for name, s in sums.items()}
-
-
-@torch.inference_mode()
-def perplexity(model, tokenizer, text: str, max_tokens: int, block_size: int) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of `block_size` tokens."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("the perplexity corpus is shorter than two tokens")
-    total_nll, total_tokens = 0.0, 0
-    for start in range(0, len(ids) - 1, block_size):
-        window = torch.tensor([ids[start:start + block_size + 1]])
-        if window.shape[1] < 2:
-            break
-        logits = model(input_ids=window[:, :-1]).logits.float()
-        nll = torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum")
-        total_nll += float(nll)
-        total_tokens += window.shape[1] - 1
-    return math.exp(total_nll / total_tokens)
+                   "nll": s["nll"] / s["tokens"], "tokens": s["tokens"]}
+            for name, s in sums.items()}
 
 
 def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> list[Example]:
-    """Plain text as teacher-forcing examples: windows of `block_size` tokens (at most
-    `max_tokens` in all), every next token scored."""
-    windows = text_windows(tokenizer, text, block_size)
-    kept, total = [], 0
-    for window in windows:
-        if total >= max_tokens:
-            break
-        blank = [[] for _ in window[1:]]  # no cached top-k: the teacher is scored live
-        kept.append(Example(window, window[1:], blank, blank))
-        total += len(window) - 1
-    return kept
+    """The first `max_tokens` tokens of plain text as teacher-forcing examples: windows
+    of `block_size` next tokens, each token after the first scored once."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("the prose corpus is shorter than two tokens")
+    blank = lambda window: [[] for _ in window[1:]]  # no cached top-k: the teacher is live
+    return [Example(w, w[1:], blank(w), blank(w)) for w in id_windows(ids, block_size)]
 
 
 def generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,

@@ -30,23 +30,8 @@ from .measure import peak_memory_mb
 from .models import default_layer_map, layer_outputs
 from .params import StudentTrainingParams
 from .runs import CHECKPOINTS, TRAIN_LOG, atomic_dir, atomic_file
-from .samples import Example, collate
+from .samples import Example, collate, epoch_order, length_grouped
 from .validation import load_best, save_best, topk_fidelity
-
-
-def epoch_order(sources: list[str], weights: dict, seed: int, epoch: int) -> list[int]:
-    """The example indices of one epoch, shuffled: each source's examples `weight` times
-    (2: twice; 0.5: a seeded half; a source missing from `weights` counts 1)."""
-    generator = torch.Generator().manual_seed(seed + epoch)
-    chosen = []
-    for source in dict.fromkeys(sources):
-        members = torch.tensor([i for i, s in enumerate(sources) if s == source])
-        weight = weights.get(source, 1.0)
-        chosen += [members] * int(weight)
-        extra = round((weight - int(weight)) * len(members))
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:extra]])
-    order = torch.cat(chosen) if chosen else torch.tensor([], dtype=torch.long)
-    return order[torch.randperm(len(order), generator=generator)].tolist()
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
@@ -158,8 +143,8 @@ def train_step(session: Session, examples: list[Example], step: int,
         if epoch not in order_cache:
             order_cache.clear()
             order = epoch_order([e.source for e in examples], config.source_weights, seed, epoch)
-            order_cache[epoch] = [order[i:i + config.batch_size]
-                                  for i in range(0, len(order), config.batch_size)]
+            order_cache[epoch] = length_grouped([len(e.input_ids) for e in examples], order,
+                                                config.batch_size, seed + epoch)
         ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
         chosen = [examples[i] for i in ids]
         # a coin per micro-batch from its own seed: the same on resume
