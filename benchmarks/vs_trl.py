@@ -66,8 +66,7 @@ def make_samples(run_dir: Path, precision: str) -> float:
 def ordered_examples(run_dir: Path):
     """The examples (at most MAX_LENGTH tokens) in the order distill's seeded first
     epoch visits them, so that a sequential sampler (TRL) sees the same batches."""
-    from distill.samples import build_examples, read_samples
-    from distill.samples import epoch_order
+    from distill.samples import build_examples, epoch_order, read_samples
 
     examples = [e for e in build_examples(read_samples(run_dir))
                 if len(e.input_ids) <= MAX_LENGTH]

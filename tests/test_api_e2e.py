@@ -66,7 +66,8 @@ def api_run(served_teacher, key, tmp_path_factory):
                 f"run.output_dir={output_dir}", "run.name=smoke-api",
                 "teacher_sampling.backend=openai", f"teacher_sampling.base_url={url}/v1",
                 f"teacher_sampling.api_key_env={KEY_ENV}", "teacher_sampling.request_timeout=40",
-                "teacher_sampling.retry_backoff=0.2"])
+                "teacher_sampling.retry_backoff=0.2",
+                "teacher_sampling.generic_samples=0"])  # an API scores no given text
     finally:
         patch.undo()
     return run_dir, proxy, cache

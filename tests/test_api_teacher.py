@@ -361,7 +361,8 @@ def test_distill_run_stops_before_creating_the_run_folder(server, tmp_path):
             [sys.executable, "-m", "distill.cli", "run", str(smoke), "--set",
              f"run.output_dir={tmp_path}", "--set", "teacher_sampling.backend=openai",
              "--set", f"teacher_sampling.{change}", "--set",
-             "teacher_sampling.api_key_env=DISTILL_TEST_WRONG_KEY"],
+             "teacher_sampling.api_key_env=DISTILL_TEST_WRONG_KEY",
+             "--set", "teacher_sampling.generic_samples=0"],  # an API scores no given text
             capture_output=True, text=True,
             env={**os.environ, "DISTILL_TEST_WRONG_KEY": "wrong"})
         assert result.returncode == 2, result.stderr

@@ -164,7 +164,8 @@ def test_prose_fidelity_gives_kl_agreement_and_perplexity(tiny_model, tiny_model
 
 
 def test_length_grouped_batches_pad_less_and_keep_every_example():
-    lengths = [int(x) for x in torch.randint(5, 200, (96,), generator=torch.Generator().manual_seed(0))]
+    draws = torch.randint(5, 200, (96,), generator=torch.Generator().manual_seed(0))
+    lengths = [int(x) for x in draws]
     order = torch.randperm(96, generator=torch.Generator().manual_seed(1)).tolist()
     grouped = samples.length_grouped(lengths, order, batch_size=8, seed=0, span=4)
     assert sorted(i for batch in grouped for i in batch) == list(range(96))

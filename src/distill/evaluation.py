@@ -62,8 +62,9 @@ def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> li
     ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
     if len(ids) < 2:
         raise ValueError("the prose corpus is shorter than two tokens")
-    blank = lambda window: [[] for _ in window[1:]]  # no cached top-k: the teacher is live
-    return [Example(w, w[1:], blank(w), blank(w)) for w in id_windows(ids, block_size)]
+    windows = id_windows(ids, block_size)
+    # no cached top-k: the teacher scores these live
+    return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]]) for w in windows]
 
 
 def generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
@@ -140,8 +141,8 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities:
             else None,
             "heldout_kl": fidelity[name]["kl"],
             "top1_agreement": fidelity[name]["top1_agreement"],
-            **({"prose_kl": prose[name]["kl"], "prose_top1_agreement": prose[name]["top1_agreement"]}
-               if prose else {}),
+            **({"prose_kl": prose[name]["kl"],
+                "prose_top1_agreement": prose[name]["top1_agreement"]} if prose else {}),
             "perplexity": perplexities[name],
             **scores[name],
             "generation_tokens_per_second": speed[name],

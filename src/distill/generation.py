@@ -38,12 +38,12 @@ SHARED_PREFIX_MIN = 8  # tokens; below this a second forward costs more than it 
 def _prefill(model, tokenizer, prompt_ids: list[list[int]], cache):
     """Run the prompts through the model into `cache`, a fresh KV cache.
 
-    Returns the attention mask and the position of
-    each row's last token, and the float32 logits at that position. Chat prompts of
-    one batch usually open alike (the template's system prompt): that shared prefix
-    is computed once and copied to every row, and only the rest is padded and
-    computed per row, as [prefix][padding][rest], which the attention mask and
-    explicit positions make equivalent to the usual [padding][prefix][rest].
+    Returns the attention mask, the position of each row's last token, and the
+    float32 logits there. Chat prompts of one batch usually open alike (the
+    template's system prompt): that shared prefix is computed once and copied to
+    every row, and only the rest is padded and computed per row, as
+    [prefix][padding][rest], which the attention mask and explicit positions make
+    equivalent to the usual [padding][prefix][rest].
     """
     device = model.device
     with_cache = {_cache_argument(model): cache, "use_cache": True}

@@ -269,4 +269,7 @@ def save_model(model, tokenizer, folder: str | Path) -> Path:
 
 
 def folder_size(folder: str | Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+    """Bytes of a model folder, its model card (README.md, written from these figures)
+    left out so the size is the same before and after the card."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*")
+               if p.is_file() and p.name != "README.md")

@@ -96,9 +96,9 @@ def layer_similarities(teacher, calibration: list[list[int]]) -> torch.Tensor:
     totals, count = torch.zeros(n_layers + 1, n_layers + 1), 0
     for ids in calibration:
         with layer_outputs(teacher, list(range(n_layers))) as outputs:
-            embedded = teacher(input_ids=torch.tensor([ids]),
+            embedded = teacher(input_ids=torch.tensor([ids], device=teacher.device),
                                output_hidden_states=True).hidden_states[0]
-        stack = torch.stack([embedded[0]] + [outputs[i][0] for i in range(n_layers)]).float()
+        stack = torch.stack([embedded[0]] + [outputs[i][0] for i in range(n_layers)]).float().cpu()
         unit = torch.nn.functional.normalize(stack, dim=-1)  # (layers + 1, tokens, width)
         totals += torch.einsum("itd,jtd->ij", unit, unit)
         count += len(ids)
@@ -135,13 +135,13 @@ def channel_importance(teacher, calibration: list[list[int]]) -> list[torch.Tens
     def hook(index):
         def record(module, inputs):
             x = inputs[0].detach().float().abs()
-            sums[index] += x.reshape(-1, x.shape[-1]).sum(0)
+            sums[index] += x.reshape(-1, x.shape[-1]).sum(0).cpu()
         return record
 
     handles = [m.down_proj.register_forward_pre_hook(hook(i)) for i, m in enumerate(mlps)]
     try:
         for ids in calibration:
-            teacher(input_ids=torch.tensor([ids]))
+            teacher(input_ids=torch.tensor([ids], device=teacher.device))
             tokens[0] += len(ids)
     finally:
         for handle in handles:
@@ -177,14 +177,14 @@ def prune_width(teacher, importance: list[torch.Tensor], n_channels: int):
         for name in ("gate_proj", "up_proj"):
             old = getattr(mlp, name)
             new = torch.nn.Linear(old.in_features, n_channels, bias=old.bias is not None,
-                                  dtype=old.weight.dtype)
+                                  dtype=old.weight.dtype, device=old.weight.device)
             new.weight.data = old.weight.data[keep].clone()
             if old.bias is not None:
                 new.bias.data = old.bias.data[keep].clone()
             setattr(mlp, name, new)
         old = mlp.down_proj
         new = torch.nn.Linear(n_channels, old.out_features, bias=old.bias is not None,
-                              dtype=old.weight.dtype)
+                              dtype=old.weight.dtype, device=old.weight.device)
         new.weight.data = old.weight.data[:, keep].clone()
         if old.bias is not None:
             new.bias.data = old.bias.data.clone()
