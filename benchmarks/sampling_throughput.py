@@ -2,7 +2,7 @@
 
     python benchmarks/sampling_throughput.py [--prompts 32] [--batch-sizes 1,8,16,32]
                                              [--precisions fp32,bf16] [--max-new-tokens 64]
-                                             [--baseline]
+                                             [--baseline] [--profile]
 
 Prints tokens/s for each (precision, batch size), with top-20 log-probs recorded as in
 stage 01 (greedy). With both precisions, it also compares the bf16 samples with the
@@ -13,6 +13,8 @@ two answers first differ. With --baseline it first runs transformers' own
 `model.generate` in float32 at the largest batch size (the sampler before distill had
 a decode loop of its own, with the top-20 taken from the logits it returns), and
 compares distill's float32 samples with it: greedy float32 samples must be unchanged.
+With --profile, the last (precision, batch size) is also run under torch.profiler and
+the operators that took the most time are printed.
 """
 
 import argparse
@@ -85,6 +87,8 @@ def main():
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,8,16,32")
     parser.add_argument("--precisions", default="fp32")
+    parser.add_argument("--profile", action="store_true",
+                        help="print where the time goes for the last configuration")
     parser.add_argument("--baseline", action="store_true",
                         help="also run transformers' model.generate (float32) and compare")
     args = parser.parse_args()
@@ -111,6 +115,12 @@ def main():
             tokens = sum(len(o["completion_ids"]) for o in outputs)
             rows.append((precision, batch_size, tokens, seconds, tokens / seconds))
             largest[precision] = outputs
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as profiled:
+            sample(model, tokenizer, prompt_ids, batch_sizes[-1], args.max_new_tokens)
+        print(profiled.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     base = rows[0][4]
     print(f"\n{len(train)} prompts, max_new_tokens={args.max_new_tokens}, top-20 log-probs, "
           "greedy")
