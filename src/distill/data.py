@@ -151,8 +151,7 @@ def load_corpus(source: str = "builtin") -> str:
     """Text for perplexity, never used in training: the shipped corpus, a .txt file,
     or `hf:<dataset>` (its 'text' column)."""
     if source == "builtin":
-        text = builtin_path("corpus.txt").read_text()
-        return "\n".join(line for line in text.splitlines() if not line.startswith("#")).strip()
+        return _strip_comments(builtin_path("corpus.txt").read_text())
     if source.startswith("hf:"):
         return "\n\n".join(row["text"] for row in _read_hub_dataset(source[3:]))
     try:
@@ -175,6 +174,7 @@ def check_corpus_source(source: str) -> None:
 
 
 def _strip_comments(text: str) -> str:
+    """A shipped text without its header comment lines ('# ...')."""
     return "\n".join(line for line in text.splitlines() if not line.startswith("# ")).strip()
 
 

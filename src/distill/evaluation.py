@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 import string
 import time
@@ -125,11 +126,12 @@ def answer_scores(answers: list[str], teacher_answers: list[str],
     return scores
 
 
-def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities: dict,
-                  scores: dict, speed: dict, prose: dict | None = None):
+def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
+                  scores: dict, speed: dict):
     """One row per model, one column per figure: size and cost, fidelity under teacher
-    forcing on the held-out answers and (`prose`) on held-out prose, perplexity, answer
-    scores, generation speed (what metrics.json holds)."""
+    forcing on the held-out answers and on held-out prose (with the perplexity there,
+    exp of its mean next-token loss), answer scores, generation speed (what
+    metrics.json holds)."""
     import pandas as pd
 
     from .models import count_parameters, folder_size
@@ -141,9 +143,9 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, perplexities:
             else None,
             "heldout_kl": fidelity[name]["kl"],
             "top1_agreement": fidelity[name]["top1_agreement"],
-            **({"prose_kl": prose[name]["kl"],
-                "prose_top1_agreement": prose[name]["top1_agreement"]} if prose else {}),
-            "perplexity": perplexities[name],
+            "prose_kl": prose[name]["kl"],
+            "prose_top1_agreement": prose[name]["top1_agreement"],
+            "perplexity": math.exp(prose[name]["nll"]),
             **scores[name],
             "generation_tokens_per_second": speed[name],
         } for name, model in contenders.items()}).T

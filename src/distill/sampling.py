@@ -91,7 +91,5 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
 
     fingerprint = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
                    "shard_size": shard_size, "texts": sorted(texts)}
-    stats = sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
-                          source=source)
-    stats["tokens"] = sum(len(w) - 1 for w in windows.values())
-    return stats
+    return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
+                         source=source)
