@@ -33,14 +33,13 @@ def sample(run_dir: Path, prompts: int):
 
 def train_once(run_dir: Path, source: str, precision: str, steps: int, batch_size: int,
                head: str) -> dict:
-    from distill import training
     from distill.models import load_model, prune_layers
     from distill.params import StudentTrainingParams
     from distill.samples import build_examples, read_samples
-    from distill.training import train
+    from distill.training import batch_loss, train
 
     if head == "whole":
-        training.CHUNK_HEAD = False
+        batch_loss.CHUNK_HEAD = False
     teacher, tokenizer = load_model("smollm2-135m-instruct")
     student = prune_layers(teacher)
     if source == "topk":

@@ -10,6 +10,7 @@ import torch
 from distill import chunked_head, samples, training
 from distill.losses import IGNORE_INDEX
 from distill.params import StudentTrainingParams
+from distill.training import batch_loss, loop
 from test_samples import _samples, _text_only
 
 
@@ -28,24 +29,24 @@ def examples():
 
 
 def _record_checkpoints(monkeypatch, interrupt_at=None):
-    steps, real = [], training._checkpoint
+    steps, real = [], loop._checkpoint
 
     def checkpoint(accelerator, run_dir, step, log, log_path):
         real(accelerator, run_dir, step, log, log_path)
         steps.append(step)
         if step == interrupt_at:
             raise KeyboardInterrupt  # the run is killed right after this checkpoint
-    monkeypatch.setattr(training, "_checkpoint", checkpoint)
+    monkeypatch.setattr(loop, "_checkpoint", checkpoint)
     return steps
 
 
 def _count_steps(monkeypatch):
-    calls, real = [], training._loss
+    calls, real = [], loop.micro_batch_loss
 
     def loss(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
-    monkeypatch.setattr(training, "_loss", loss)
+    monkeypatch.setattr(loop, "micro_batch_loss", loss)
     return calls
 
 
@@ -211,11 +212,11 @@ def test_chunked_head_with_nothing_kept_is_zero_with_a_graph():
 
 
 def test_the_plain_head_is_recognised_and_its_input_is_the_final_hidden_state(tiny_model):
-    assert training._plain_head_weight(tiny_model) is tiny_model.lm_head.weight
+    assert batch_loss.plain_head_weight(tiny_model) is tiny_model.lm_head.weight
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     output = tiny_model(input_ids=ids, output_hidden_states=True)
     assert torch.allclose(output.hidden_states[-1] @ tiny_model.lm_head.weight.T,
                           output.logits, atol=1e-5)
     soft_capped = copy.deepcopy(tiny_model)
     soft_capped.config.final_logit_softcapping = 30.0
-    assert training._plain_head_weight(soft_capped) is None
+    assert batch_loss.plain_head_weight(soft_capped) is None

@@ -203,8 +203,17 @@ class StudentTrainingParams:
     validation_every: int = _p(25, "optimizer steps between validations", positive)
     keep: str = _p("last", "the student saved: last (the final step) or best (the lowest "
                    "validation KL)", (lambda v: v in ("best", "last"), "must be best or last"))
+    processes: int = _p(1, "training processes; above 1, notebook 02 runs training under "
+                        "`accelerate launch` (on CPU they split the cores)", positive)
+    accelerate_config: str | None = _p(None, "accelerate config file for that launch (DDP, "
+                                       "FSDP, DeepSpeed; see configs/accelerate/); null: none")
 
     # Derived facts: what the chosen objective needs, said once for notebook and trainer.
+    @property
+    def launches(self) -> bool:
+        """Training runs in child processes under `accelerate launch`, not in the notebook."""
+        return self.processes > 1 or self.accelerate_config is not None
+
     @property
     def needs_teacher(self) -> bool:
         """The teacher must be in memory: online logits, hidden states, or on-policy

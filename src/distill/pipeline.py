@@ -90,6 +90,11 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
         check("student_training.student", student, check_model_name,
               " Or use pruned (the teacher minus layers) or config (a small model from "
               "scratch).")
+    config_file = params.student_training.accelerate_config
+    if config_file is not None and not Path(config_file).is_file():
+        raise ParamsError(f"{source}: student_training.accelerate_config: {config_file} is not "
+                          f"a file (relative paths start at {Path.cwd()}); give an accelerate "
+                          "config file, such as those in configs/accelerate/, or null")
     if will_sample:
         check_teacher(params)
 

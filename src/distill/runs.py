@@ -7,6 +7,7 @@ This module is the one place that knows where each artifact lives::
       samples/part-00000.parquet ...  sampling_stats.json         (01)
       api_requests.csv  api_health.json   (01, openai backend)
       student_init/  student/  checkpoints/  train_log.csv        (02)
+      training_job.json   (02, training under accelerate launch)
       metrics.json  figures/*.png                                 (03)
 
 The notebooks find the run folder with `notebook_run_dir`, and `metrics.json`
@@ -36,6 +37,7 @@ STUDENT_INIT = "student_init"
 STUDENT = "student"
 CHECKPOINTS = "checkpoints"
 TRAIN_LOG = "train_log.csv"
+TRAINING_JOB = "training_job.json"  # what launched training processes read (02)
 SAMPLING_STATS = "sampling_stats.json"
 API_REQUESTS = "api_requests.csv"
 API_HEALTH = "api_health.json"

@@ -5,17 +5,22 @@
 `train_step`, repeated. One optimizer step = `grad_accum` micro-batches of
 `batch_size` sequences. The data order is a seeded permutation per epoch, so the
 step number alone says which batches come next: a run resumed from a checkpoint
-sees exactly the batches it would have seen. Under `accelerate launch` each
-process takes its share of every micro-batch.
+sees exactly the batches it would have seen.
+
+Under `accelerate launch` (launcher.py) each process takes its share of every
+micro-batch, and the loss is weighted so the run equals a one-process run with the
+same global batch: each process's mean is scaled by its share of the micro-batch's
+tokens, so the gradient DDP averages is the mean over all the batch's tokens.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
+import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,38 +28,20 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .chunked_head import distillation_loss_from_hidden
-from .generation import generate
-from .losses import IGNORE_INDEX, HiddenStateLoss, distillation_loss
-from .measure import peak_memory_mb
-from .models import default_layer_map, layer_outputs
-from .params import StudentTrainingParams
-from .runs import CHECKPOINTS, TRAIN_LOG, atomic_dir, atomic_file
-from .samples import Example, collate, epoch_order, length_grouped
-from .validation import load_best, save_best, topk_fidelity
+from ..losses import IGNORE_INDEX, HiddenStateLoss
+from ..measure import peak_memory_mb
+from ..models import default_layer_map
+from ..params import StudentTrainingParams
+from ..runs import CHECKPOINTS, TRAIN_LOG, atomic_file
+from ..samples import Example, collate, epoch_order, length_grouped
+from ..validation import load_best, save_best, topk_fidelity
+from .batch_loss import micro_batch_loss, on_policy_examples
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
     found = [(int(m.group(1)), p) for p in (Path(run_dir) / CHECKPOINTS).glob("step-*")
              if (m := re.fullmatch(r"step-(\d+)", p.name))]
     return max(found) if found else None
-
-
-def on_policy_examples(student, tokenizer, examples: list[Example], max_new_tokens: int,
-                       temperature: float) -> list[Example]:
-    """The batch's prompts completed by the student itself (sampled at `temperature`):
-    the loss then covers exactly the tokens the student generated, and the teacher
-    scores them online (GKD, Agarwal et al. 2024). No top-k: the teacher is present."""
-    was_training = student.training
-    student.eval()
-    prompts = [e.input_ids[:e.prompt_length] for e in examples]
-    outputs = generate(student, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                       do_sample=True, temperature=temperature)
-    student.train(was_training)
-    return [Example(prompt + out["completion_ids"],
-                    [IGNORE_INDEX] * (len(prompt) - 1) + out["completion_ids"],
-                    [[] for _ in out["completion_ids"]], [[] for _ in out["completion_ids"]])
-            for prompt, out in zip(prompts, outputs)]
 
 
 @dataclass
@@ -77,6 +64,7 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
     (device placement, mixed precision, sharding under `accelerate launch`)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import DataLoaderConfiguration
     from transformers import get_cosine_schedule_with_warmup
 
     if teacher is None and config.needs_teacher:
@@ -85,8 +73,11 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
     # (a benchmark, a test, a re-run cell) may choose another mixed precision.
     AcceleratorState._reset_state(reset_partial_state=True)
     # mixed_precision None (follow run.precision) is resolved by the caller; alone, fp32
+    # split_batches: each process takes a share of one global micro-batch (train_step),
+    # so the schedule advances once per optimizer step, not once per process
     accelerator = Accelerator(mixed_precision=config.mixed_precision or "no",
-                              cpu=not torch.cuda.is_available())
+                              cpu=not torch.cuda.is_available(),
+                              dataloader_config=DataLoaderConfiguration(split_batches=True))
     torch.manual_seed(seed)
     hidden = None
     if config.hidden_weight:
@@ -96,13 +87,17 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
     micro_per_epoch = math.ceil(n_examples / config.batch_size)
     total_steps = config.max_steps or math.ceil(config.epochs * micro_per_epoch
                                                 / config.grad_accum)
-    trained = list(student.parameters()) + (list(hidden.parameters()) if hidden else [])
-    optimizer = adamw(trained, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = adamw(list(student.parameters()) + (list(hidden.parameters()) if hidden else []),
+                      lr=config.lr, weight_decay=config.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(
         optimizer, min(config.warmup_steps, total_steps), total_steps)
+    if accelerator.state.deepspeed_plugin is not None:
+        _fit_deepspeed(accelerator.state.deepspeed_plugin, config, accelerator.num_processes)
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     if hidden is not None:
         hidden = accelerator.prepare_model(hidden)
+    # clipped after `prepare`: FSDP clips only through the parameters of its own wrapper
+    trained = list(student.parameters()) + (list(hidden.parameters()) if hidden else [])
     if teacher is not None:
         teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
     return Session(accelerator, student, teacher, hidden, optimizer, scheduler, trained,
@@ -132,10 +127,12 @@ def resume(session: Session, run_dir: Path) -> tuple[int, list[dict]]:
 def train_step(session: Session, examples: list[Example], step: int,
                config: StudentTrainingParams, seed: int, pad_id: int, tokenizer=None,
                order_cache: dict | None = None) -> dict:
-    """One optimizer step of `grad_accum` micro-batches; returns its log row. The
-    micro-batches come from the epoch's seeded order, so the step number alone says
-    which they are (and whether each is on-policy): a resumed run sees the same."""
+    """One optimizer step of `grad_accum` micro-batches; returns its log row, the same
+    in every process. The micro-batches come from the epoch's seeded order, so the step
+    number alone says which they are (and whether each is on-policy): a resumed run
+    sees the same."""
     accelerator, started = session.accelerator, time.perf_counter()
+    processes = accelerator.num_processes
     tokens, on_policy, parts_sum = 0, 0, {}
     order_cache = {} if order_cache is None else order_cache
     for micro in range(config.grad_accum):
@@ -145,9 +142,12 @@ def train_step(session: Session, examples: list[Example], step: int,
             order = epoch_order([e.source for e in examples], config.source_weights, seed, epoch)
             order_cache[epoch] = length_grouped([len(e.input_ids) for e in examples], order,
                                                 config.batch_size, seed + epoch)
-        ids = order_cache[epoch][index][accelerator.process_index::accelerator.num_processes]
-        chosen = [examples[i] for i in ids]
-        # a coin per micro-batch from its own seed: the same on resume
+        whole = order_cache[epoch][index]
+        ids = whole[accelerator.process_index::processes]
+        # a process left without examples (a short last batch) still joins the gradient
+        # all-reduce: with one example and weight 0, it adds nothing
+        chosen = [examples[i] for i in ids or whole[:1]]
+        # a coin per micro-batch from its own seed: the same on resume and in every process
         coin = torch.rand(1, generator=torch.Generator().manual_seed(
             seed * 1_000_003 + step * config.grad_accum + micro)).item()
         if coin < config.lmbda:
@@ -156,12 +156,22 @@ def train_step(session: Session, examples: list[Example], step: int,
                                         config.on_policy_temperature)
             on_policy += 1
         batch = {k: v.to(accelerator.device) for k, v in collate(chosen, pad_id).items()}
-        parts = _loss(session, batch, config,
-                      teacher_logits=config.teaches_online or coin < config.lmbda)
-        accelerator.backward(parts["loss"] / config.grad_accum)
-        tokens += int((batch["labels"] != IGNORE_INDEX).sum())
+        parts = micro_batch_loss(session, batch, config,
+                                 teacher_logits=config.teaches_online or coin < config.lmbda)
+        local = int((batch["labels"] != IGNORE_INDEX).sum()) if ids else 0
+        total = local if processes == 1 else int(accelerator.reduce(
+            torch.tensor([local], device=accelerator.device), "sum").item())
+        weight = local * processes / max(total, 1)  # 1 in a single process
+        accelerator.backward(parts["loss"] * weight / config.grad_accum)
+        tokens += total
         for name, value in parts.items():
-            parts_sum[name] = parts_sum.get(name, 0.0) + float(value.detach()) / config.grad_accum
+            parts_sum[name] = parts_sum.get(name, 0.0) + \
+                float(value.detach()) * weight / config.grad_accum
+    if processes > 1:  # the batch's loss: the mean of the processes' weighted parts
+        names = sorted(parts_sum)
+        mean = accelerator.reduce(torch.tensor([parts_sum[n] for n in names],
+                                               device=accelerator.device), "mean")
+        parts_sum = dict(zip(names, mean.tolist()))
     grad_norm = accelerator.clip_grad_norm_(session.trained, config.max_grad_norm)
     session.optimizer.step()
     session.scheduler.step()
@@ -170,14 +180,17 @@ def train_step(session: Session, examples: list[Example], step: int,
     return {"step": step + 1,
             "epoch": (step + 1) * config.grad_accum / session.micro_per_epoch,
             "lr": session.scheduler.get_last_lr()[0], **parts_sum,
-            "grad_norm": float(grad_norm), "on_policy_batches": on_policy, "tokens": tokens,
+            # DeepSpeed clips inside its engine and reports no norm
+            "grad_norm": math.nan if grad_norm is None else float(grad_norm),
+            "on_policy_batches": on_policy, "tokens": tokens,
             "seconds": seconds, "tokens_per_second": tokens / seconds,
             "peak_memory_mb": peak_memory_mb()}
 
 
 def train(student, examples: list[Example], run_dir: Path, config: StudentTrainingParams, *,
           seed: int = 0, teacher=None, tokenizer=None,
-          validation: dict[str, list[Example]] | None = None) -> pd.DataFrame:
+          validation: dict[str, list[Example]] | None = None,
+          on_step: Callable[[dict, int], None] | None = None) -> pd.DataFrame:
     """Distil into `student` (in place) from `examples`, as `config` (the
     student_training params) says. The teacher signal is the cached top-k
     (kd_source='topk') or `teacher`'s full logits ('online'); with hidden_weight > 0
@@ -189,7 +202,9 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     {'val': ..., 'prose': ...}): every `validation_every` steps and at the end the
     student's KL and top-1 agreement on each go into the log (`val_kl`, `val_top1`,
     ...), and with keep='best' the student ends with the weights of its lowest first
-    slice KL. Returns the log, one row per optimizer step."""
+    slice KL. `on_step(row, total_steps)`, if given, is called in the main process after
+    each step instead of drawing a progress bar. Returns the log, one row per optimizer
+    step."""
     epoch_size = len(epoch_order([e.source for e in examples], config.source_weights, seed, 0))
     if epoch_size == 0:
         raise ValueError("student_training.source_weights leave no training sample: the "
@@ -200,7 +215,7 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     session.student.train()
     progress = tqdm(range(start_step, session.total_steps), initial=start_step,
                     total=session.total_steps, desc="training", unit="step",
-                    disable=not session.accelerator.is_main_process)
+                    disable=on_step is not None or not session.accelerator.is_main_process)
     order_cache: dict[int, list[list[int]]] = {}
     for step in progress:
         log.append(train_step(session, examples, step, config, seed, pad_id, tokenizer,
@@ -212,8 +227,11 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
         if (step + 1) % config.checkpoint_every == 0 or last:
             _checkpoint(session.accelerator, run_dir, step + 1, pd.DataFrame(log),
                         Path(run_dir) / TRAIN_LOG)
+        if on_step is not None and session.accelerator.is_main_process:
+            on_step(log[-1], session.total_steps)
     progress.close()
     session.student.eval()
+    session.accelerator.wait_for_everyone()  # the main process has written the best
     if validation and config.keep == "best":
         load_best(session.accelerator.unwrap_model(session.student), run_dir)
     return pd.DataFrame(log)
@@ -221,19 +239,26 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
 
 def _validate(session: Session, slices: dict, pad_id: int, run_dir: Path, log: list,
               keep: str) -> dict:
-    """KL and top-1 agreement on each validation slice; with keep='best', the weights
-    of a new lowest KL on the first slice are saved (see `validation.save_best`)."""
-    model = session.accelerator.unwrap_model(session.student)
-    with session.accelerator.autocast():
-        scores = {name: topk_fidelity(model, examples, pad_id) for name, examples in slices.items()}
-    row = {f"{name}_{key}": value for name, score in scores.items()
-           for key, value in (("kl", score["kl"]), ("top1", score["top1_agreement"]))}
-    first = f"{next(iter(slices))}_kl"
-    earlier = [r[first] for r in log[:-1]  # resumed logs hold NaN between validations
-               if first in r and not math.isnan(r[first])]
-    if keep == "best" and session.accelerator.is_main_process and \
-            (not earlier or row[first] < min(earlier)):
-        save_best(model, run_dir)
+    """KL and top-1 agreement on each validation slice, measured by the main process
+    and shared with the others; with keep='best', the weights of a new lowest KL on the
+    first slice are saved (see `validation.save_best`)."""
+    from accelerate.utils import broadcast_object_list
+
+    accelerator, row = session.accelerator, None
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(session.student)
+        with accelerator.autocast():
+            scores = {name: topk_fidelity(model, examples, pad_id)
+                      for name, examples in slices.items()}
+        row = {f"{name}_{key}": value for name, score in scores.items()
+               for key, value in (("kl", score["kl"]), ("top1", score["top1_agreement"]))}
+        first = f"{next(iter(slices))}_kl"
+        earlier = [r[first] for r in log[:-1]  # resumed logs hold NaN between validations
+                   if first in r and not math.isnan(r[first])]
+        if keep == "best" and (not earlier or row[first] < min(earlier)):
+            save_best(model, run_dir)
+    if accelerator.num_processes > 1:
+        row = broadcast_object_list([row])[0]
     return row
 
 
@@ -247,86 +272,35 @@ def adamw(parameters, **settings) -> torch.optim.AdamW:
         return torch.optim.AdamW(parameters, **settings)
 
 
-def _capture(model, hidden, side: int):
-    """Capture the decoder-layer outputs that `hidden` compares (nothing without it)."""
-    if hidden is None:
-        return contextlib.nullcontext({})
-    module = getattr(hidden, "module", hidden)
-    return layer_outputs(getattr(model, "module", model), [pair[side] for pair in module.pairs])
-
-
-def _loss(session: Session, batch: dict, config: StudentTrainingParams, *,
-          teacher_logits: bool) -> dict:
-    """The training loss of one micro-batch and its parts."""
-    student, teacher, hidden = session.student, session.teacher, session.hidden
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    # Only completion positions carry a loss. Projecting just the positions from the
-    # batch's first completion token onwards through the LM head (`logits_to_keep`)
-    # skips most prompt positions: that head is a third of this model's compute.
-    start = int((batch["labels"] != IGNORE_INDEX).float().argmax(-1).min())
-    keep = batch["input_ids"].shape[1] - start
-    head_weight = _plain_head_weight(student)
-    with _capture(student, hidden, 0) as student_hidden:
-        if head_weight is not None:  # the head is projected with the loss, in chunks
-            student_output = student(**inputs, output_hidden_states=True, logits_to_keep=1)
-            student_final = student_output.hidden_states[-1][:, start:-1]
-        else:
-            student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
-    teacher_output, teacher_hidden = None, {}
-    if teacher is not None and (teacher_logits or hidden is not None):
-        with torch.no_grad(), _capture(teacher, hidden, 1) as teacher_hidden:
-            teacher_output = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
-    signal = {"logits": teacher_output if teacher_logits else None,
-              "topk_ids": batch["topk_ids"][:, start:],
-              "topk_logprobs": batch["topk_logprobs"][:, start:]}
-    objective = {"ce_weight": config.ce_weight, "kd_weight": config.kd_weight,
-                 "temperature": config.temperature, "kd_loss": config.kd_loss,
-                 "options": config.objective_options}
-    labels = batch["labels"][:, start:]
-    if head_weight is not None:
-        with session.accelerator.autocast():  # the head in the run's precision, as inside
-            parts = distillation_loss_from_hidden(student_final, head_weight, labels, signal,
-                                                  **objective)
-    else:
-        parts = distillation_loss(student_logits, labels, signal, **objective)
-    if hidden is not None:
-        # hidden states at input positions 0..L-2 line up with labels (next tokens)
-        kept = batch["labels"] != IGNORE_INDEX
-        parts["hidden"] = hidden({k: v[:, :-1] for k, v in student_hidden.items()},
-                                 {k: v[:, :-1] for k, v in teacher_hidden.items()}, kept)
-        parts["loss"] = parts["loss"] + config.hidden_weight * parts["hidden"]
-    return parts
-
-
-# Project the LM head with the loss where it is a plain linear map (False: whole, as a
-# model's forward does; benchmarks compare the two).
-CHUNK_HEAD = True
-
-
-def _plain_head_weight(model):
-    """The LM head's weight where logits are exactly hidden @ W^T (a Linear without bias,
-    no soft-capping or scaling, as in Llama, Qwen, Mistral); else None, and the
-    training step projects the head the ordinary way."""
-    model = getattr(model, "module", model)
-    head, config = model.get_output_embeddings(), model.config
-    if not CHUNK_HEAD:
-        return None
-    scaled = any(getattr(config, name, None) not in (None, 1, 1.0) for name in
-                 ("final_logit_softcapping", "logit_scale", "logits_scaling"))
-    if isinstance(head, torch.nn.Linear) and head.bias is None and not scaled:
-        return head.weight
-    return None
-
-
 def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
-    """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint."""
+    """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint.
+    Every process saves (its RNG state; its shard under FSDP or DeepSpeed) into one
+    temporary folder, which the main process then renames into place, so a killed run
+    never leaves a half-written checkpoint behind."""
+    final = Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+    tmp = final.with_name(f".{final.name}.tmp")  # a name every process agrees on
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run killed while saving
     accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:
-        return
-    previous = latest_checkpoint(run_dir)
-    with atomic_dir(Path(run_dir) / CHECKPOINTS / f"step-{step:06d}") as tmp:
-        accelerator.save_state(str(tmp))
-    with atomic_file(log_path) as handle:
-        log.to_csv(handle, index=False)
-    if previous is not None and previous[0] != step:
-        shutil.rmtree(previous[1], ignore_errors=True)
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        previous = latest_checkpoint(run_dir)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        with atomic_file(log_path) as handle:
+            log.to_csv(handle, index=False)
+        if previous is not None and previous[0] != step:
+            shutil.rmtree(previous[1], ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _fit_deepspeed(plugin, config: StudentTrainingParams, processes: int) -> None:
+    """DeepSpeed sizes its engine from a data loader; this loop has none, so the
+    micro-batch per process is set here. Its engine also steps the optimizer inside
+    `backward`, which this loop's own accumulation would repeat."""
+    if config.grad_accum != 1:
+        raise ValueError("student_training.grad_accum must be 1 under DeepSpeed (its engine "
+                         "accumulates by itself); raise batch_size or processes instead")
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = \
+        max(1, config.batch_size // processes)

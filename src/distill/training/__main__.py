@@ -1,0 +1,5 @@
+"""`python -m distill.training RUN_DIR`: one process of a launched training job."""
+
+from .launcher import main
+
+main()
