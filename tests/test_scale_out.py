@@ -158,3 +158,23 @@ def test_the_job_carries_the_runs_precision(tmp_path):
     job = runs.read_json(path)
     assert job["seed"] == 3 and job["student_training"]["mixed_precision"] == "bf16"
     assert StudentTrainingParams(**job["student_training"]).launches
+
+
+CONFIGS = {"single_gpu_bf16.yaml": "NO", "multi_gpu_ddp.yaml": "MULTI_GPU",
+           "fsdp.yaml": "FSDP", "deepspeed_zero2.yaml": "DEEPSPEED"}
+
+
+@pytest.mark.parametrize("name,kind", CONFIGS.items())
+def test_each_accelerate_config_is_read_by_accelerate_and_says_how_to_use_it(name, kind):
+    """accelerate's own launcher validation accepts the config with distill's flags (the
+    GPU-only ones cannot run here), and the header gives the commands that use it."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    path = HERE.parent / "configs" / "accelerate" / name
+    header = path.read_text()
+    assert f"accelerate_config=configs/accelerate/{name}" in header
+    assert f"accelerate launch --config_file configs/accelerate/{name}" in header
+    command = launcher.launch_command(HERE, _config(processes=2, accelerate_config=str(path)))
+    args, defaults, _ = _validate_launch_command(
+        launch_command_parser().parse_args(command[command.index("launch") + 1:]))
+    assert str(defaults.distributed_type).endswith(kind) and args.num_processes == 2

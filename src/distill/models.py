@@ -260,10 +260,11 @@ def layer_outputs(model, layers: list[int]):
             handle.remove()
 
 
-def save_model(model, tokenizer, folder: str | Path) -> Path:
-    """Save in Hugging Face format (config, safetensors, tokenizer), atomically."""
+def save_model(model, tokenizer, folder: str | Path, state_dict: dict | None = None) -> Path:
+    """Save in Hugging Face format (config, safetensors, tokenizer), atomically;
+    `state_dict` replaces the model's own (weights gathered from several processes)."""
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
     return Path(folder)
 

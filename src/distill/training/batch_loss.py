@@ -100,12 +100,16 @@ def plain_head_weight(model, accelerator=None):
     gathers them."""
     model = getattr(model, "module", model)
     head, config = model.get_output_embeddings(), model.config
-    sharded = accelerator is not None and \
-        str(accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")
-    if not CHUNK_HEAD or sharded:
+    if not CHUNK_HEAD or (accelerator is not None and weights_sharded(accelerator)):
         return None
     scaled = any(getattr(config, name, None) not in (None, 1, 1.0) for name in
                  ("final_logit_softcapping", "logit_scale", "logits_scaling"))
     if isinstance(head, torch.nn.Linear) and head.bias is None and not scaled:
         return head.weight
     return None
+
+
+def weights_sharded(accelerator) -> bool:
+    """Whether the weights may be split across processes (FSDP, DeepSpeed), so that
+    every process must take part in each forward pass and in gathering a state dict."""
+    return str(accelerator.distributed_type).split(".")[-1] in ("FSDP", "DEEPSPEED")

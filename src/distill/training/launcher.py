@@ -158,7 +158,7 @@ def _run_job(run_dir: Path) -> None:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from ..models import load_model, save_model
+    from ..models import load_model
     from .loop import train
 
     transformers_logging.disable_progress_bar()  # one bar per process would bury the parent's
@@ -186,6 +186,4 @@ def _run_job(run_dir: Path) -> None:
                                      "loss": row["loss"]}), flush=True)
 
     train(student, examples, run_dir, config, seed=job["seed"], teacher=teacher,
-          tokenizer=tokenizer, validation=validation, on_step=report)
-    if rank == 0:
-        save_model(student, tokenizer, run_dir / STUDENT)
+          tokenizer=tokenizer, validation=validation, on_step=report, save_to=run_dir / STUDENT)

@@ -30,12 +30,12 @@ from tqdm.auto import tqdm
 
 from ..losses import IGNORE_INDEX, HiddenStateLoss
 from ..measure import peak_memory_mb
-from ..models import default_layer_map
+from ..models import default_layer_map, save_model
 from ..params import StudentTrainingParams
 from ..runs import CHECKPOINTS, TRAIN_LOG, atomic_file
 from ..samples import Example, collate, epoch_order, length_grouped
 from ..validation import load_best, save_best, topk_fidelity
-from .batch_loss import micro_batch_loss, on_policy_examples
+from .batch_loss import micro_batch_loss, on_policy_examples, weights_sharded
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
@@ -93,6 +93,9 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
         optimizer, min(config.warmup_steps, total_steps), total_steps)
     if accelerator.state.deepspeed_plugin is not None:
         _fit_deepspeed(accelerator.state.deepspeed_plugin, config, accelerator.num_processes)
+    if weights_sharded(accelerator) and config.keep == "best":
+        raise ValueError("student_training.keep='best' is not supported with FSDP or DeepSpeed "
+                         "(the best weights are kept unsharded); use keep='last'")
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     if hidden is not None:
         hidden = accelerator.prepare_model(hidden)
@@ -190,7 +193,8 @@ def train_step(session: Session, examples: list[Example], step: int,
 def train(student, examples: list[Example], run_dir: Path, config: StudentTrainingParams, *,
           seed: int = 0, teacher=None, tokenizer=None,
           validation: dict[str, list[Example]] | None = None,
-          on_step: Callable[[dict, int], None] | None = None) -> pd.DataFrame:
+          on_step: Callable[[dict, int], None] | None = None,
+          save_to: Path | None = None) -> pd.DataFrame:
     """Distil into `student` (in place) from `examples`, as `config` (the
     student_training params) says. The teacher signal is the cached top-k
     (kd_source='topk') or `teacher`'s full logits ('online'); with hidden_weight > 0
@@ -203,8 +207,9 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     student's KL and top-1 agreement on each go into the log (`val_kl`, `val_top1`,
     ...), and with keep='best' the student ends with the weights of its lowest first
     slice KL. `on_step(row, total_steps)`, if given, is called in the main process after
-    each step instead of drawing a progress bar. Returns the log, one row per optimizer
-    step."""
+    each step instead of drawing a progress bar. With `save_to`, the main process saves
+    the final student there with the tokenizer (the weights gathered from every process
+    where they are sharded). Returns the log, one row per optimizer step."""
     epoch_size = len(epoch_order([e.source for e in examples], config.source_weights, seed, 0))
     if epoch_size == 0:
         raise ValueError("student_training.source_weights leave no training sample: the "
@@ -234,18 +239,24 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     session.accelerator.wait_for_everyone()  # the main process has written the best
     if validation and config.keep == "best":
         load_best(session.accelerator.unwrap_model(session.student), run_dir)
+    if save_to is not None:
+        state = session.accelerator.get_state_dict(session.student)  # every process joins
+        if session.accelerator.is_main_process:
+            save_model(session.accelerator.unwrap_model(session.student), tokenizer, save_to,
+                       state)
     return pd.DataFrame(log)
 
 
 def _validate(session: Session, slices: dict, pad_id: int, run_dir: Path, log: list,
               keep: str) -> dict:
     """KL and top-1 agreement on each validation slice, measured by the main process
-    and shared with the others; with keep='best', the weights of a new lowest KL on the
-    first slice are saved (see `validation.save_best`)."""
+    and shared with the others (measured by all where the weights are sharded: each
+    forward needs every process); with keep='best', the weights of a new lowest KL on
+    the first slice are saved (see `validation.save_best`)."""
     from accelerate.utils import broadcast_object_list
 
     accelerator, row = session.accelerator, None
-    if accelerator.is_main_process:
+    if accelerator.is_main_process or weights_sharded(accelerator):
         model = accelerator.unwrap_model(session.student)
         with accelerator.autocast():
             scores = {name: topk_fidelity(model, examples, pad_id)
@@ -257,7 +268,7 @@ def _validate(session: Session, slices: dict, pad_id: int, run_dir: Path, log: l
                    if first in r and not math.isnan(r[first])]
         if keep == "best" and (not earlier or row[first] < min(earlier)):
             save_best(model, run_dir)
-    if accelerator.num_processes > 1:
+    if accelerator.num_processes > 1 and not weights_sharded(accelerator):
         row = broadcast_object_list([row])[0]
     return row
 
