@@ -26,7 +26,7 @@ from ..generation import stop_token_ids
 from ..models import cache_root
 from ..runs import API_HEALTH, API_REQUESTS, write_json
 from ..samples import make_row, sample_shards
-from ..token_bytes import TokenBytes
+from ..token_bytes import TOKEN_ID_PREFIX, TokenBytes
 from . import health
 from .client import (
     ApiTeacher,
@@ -65,7 +65,12 @@ def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
     text = choice["message"].get("content") or ""
     finish_reason = choice.get("finish_reason") or "stop"
     content = (choice.get("logprobs") or {}).get("content") or []
-    ids = [vocab.lookup(c["token"], c.get("bytes")) for c in content]
+    # A server that cannot show a token's bytes (a piece of a character, decoded alone) may
+    # name it U+FFFD (vLLM before PR 28874 without --return-tokens-as-token-ids, ollama):
+    # unless the answer holds a U+FFFD, that is a stand-in, not the tokenizer's U+FFFD token.
+    stand_ins = "\ufffd" not in text
+    ids = [None if stand_ins and _names_replacement_char(c) else
+           vocab.lookup(c["token"], c.get("bytes")) for c in content]
     if content and None not in ids:
         topk_ids, topk_logprobs = [], []
         for entry in content:
@@ -85,6 +90,14 @@ def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
         ids.append(min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id)
     return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
             "topk_ids": [], "topk_logprobs": []}
+
+
+def _names_replacement_char(entry: dict) -> bool:
+    """Whether a log-prob entry names its token by U+FFFD rather than by its id or bytes."""
+    if entry["token"].startswith(TOKEN_ID_PREFIX):
+        return False
+    data = entry.get("bytes")
+    return "\ufffd".encode() in (bytes(data) if data is not None else entry["token"].encode())
 
 
 def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[dict],
