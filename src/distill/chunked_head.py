@@ -61,7 +61,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         device = hidden.device.type
         if torch.is_autocast_enabled(device):  # cast the head once, not once per chunk
             w = w.to(torch.get_autocast_dtype(device))
-        sums = torch.zeros(len(names), dtype=torch.float32)
+        sums = torch.zeros(len(names), dtype=torch.float32, device=hidden.device)
         for start in range(0, count, chunk):
             end = min(start + chunk, count)
             h = hidden[start:end].detach()

@@ -151,8 +151,9 @@ def _cached_embedded(name: str) -> Path:
     return target
 
 
-def load_model(name: str, dtype: str = "float32"):
-    """Load (model, tokenizer) for any model name, in eval mode, offline-safe."""
+def load_model(name: str, dtype: str = "float32", device: str | None = None):
+    """Load (model, tokenizer) for any model name, in eval mode, offline-safe, on
+    `device` (None: the GPU where there is one, else the CPU)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -162,7 +163,7 @@ def load_model(name: str, dtype: str = "float32"):
     except OSError as error:
         raise ModelNotFound(f"model {name!r} could not be loaded from {path}: {error}. "
                             "Offline, use an embedded teacher or a local folder.") from None
-    model.eval()
+    model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
     return model, load_tokenizer(path)
 
 

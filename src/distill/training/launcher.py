@@ -177,8 +177,9 @@ def _run_job(run_dir: Path) -> None:
         print(f"{os.environ.get('WORLD_SIZE', 1)} processes, {torch.get_num_threads()} threads "
               f"each; training autocast {config.mixed_precision} (the run's recorded choice)",
               flush=True)
-    student, tokenizer = load_model(str(run_dir / STUDENT_INIT))
-    teacher = load_model(job["teacher"])[0] if config.needs_teacher else None
+    # on the CPU: `prepare` moves each process's copy to its own device (GPU i)
+    student, tokenizer = load_model(str(run_dir / STUDENT_INIT), device="cpu")
+    teacher = load_model(job["teacher"], device="cpu")[0] if config.needs_teacher else None
     examples, validation = transfer_set(run_dir, config, job["seed"])
 
     def report(row: dict, total_steps: int) -> None:
