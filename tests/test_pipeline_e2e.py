@@ -3,6 +3,7 @@ papermill on the embedded teacher, and the run folder holds what DESIGN.md
 promises. Minutes, not seconds: marked e2e (`make test-unit` skips them)."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from distill.pipeline import run_pipeline
+from distill.precision import autocast_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
@@ -81,6 +83,33 @@ def test_rerunning_evaluation_gives_identical_metrics(smoke_run):
     run_pipeline(smoke_run, from_stage="03")
     after = json.loads((smoke_run / "metrics.json").read_text())["models"]
     assert after == before
+
+
+def test_training_on_two_processes_from_the_smoke_samples(smoke_run, tmp_path):
+    """Stage 02 and 03 again on the smoke run's samples with processes=2: notebook 02
+    launches `accelerate launch -m distill.training`, the children reuse the run's
+    precision (no second probe) and train on the same global batches."""
+    folder = tmp_path / "two"
+    shutil.copytree(smoke_run / "samples", folder / "samples")
+    for name in ("params.yaml", "manifest.json"):
+        shutil.copy(smoke_run / name, folder / name)
+    run_pipeline(folder, ["student_training.processes=2"], from_stage="02")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["precision"] == json.loads((smoke_run / "manifest.json").read_text())[
+        "precision"]  # the parent's verdict, figures and all: nothing probed again
+    job = json.loads((folder / "training_job.json").read_text())
+    assert job["student_training"]["processes"] == 2
+    assert job["student_training"]["mixed_precision"] == autocast_mode(
+        manifest["precision"]["choice"])
+    one, two = (pd.read_csv(f / "train_log.csv") for f in (smoke_run, folder))
+    assert two["tokens"].tolist() == one["tokens"].tolist()  # the same global batches
+    # bf16 autocast rounds differently at each process's batch shape: close, not equal
+    assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=0.05)
+    metrics = json.loads((folder / "metrics.json").read_text())["models"]
+    assert metrics["student"]["heldout_kl"] < metrics["student_init"]["heldout_kl"]
+    executed = nbformat.read(folder / "02_student_training.ipynb", as_version=4)
+    assert "2 processes" in "".join(o.get("text", "") for c in executed.cells
+                                    for o in c.get("outputs", []))
 
 
 def test_cli_reports_bad_params_and_failed_stage(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from distill import data, generation, params, samples, sampling, training, validation
+from distill.training import loop
 from test_samples import _samples
 from test_training import _config
 
@@ -108,12 +109,12 @@ def test_validation_is_logged_and_best_is_kept(tmp_path, tiny_model_factory, mon
     assert len(examples) == 9 and len(held) == 3
     # a constructed validation curve: lowest at step 4 of 6
     curve = iter([3.0, 1.0, 2.0])
-    monkeypatch.setattr(training, "topk_fidelity", lambda model, ex, pad_id: {
+    monkeypatch.setattr(loop, "topk_fidelity", lambda model, ex, pad_id: {
         "kl": next(curve) if ex is held else 0.5, "top1_agreement": 0.25, "tokens": 9})
     saved = {}
-    monkeypatch.setattr(training, "save_best", lambda model, run_dir: saved.update(
+    monkeypatch.setattr(loop, "save_best", lambda model, run_dir: saved.update(
         weights={k: v.clone() for k, v in model.state_dict().items()}))
-    monkeypatch.setattr(training, "load_best", lambda model, run_dir: model.load_state_dict(
+    monkeypatch.setattr(loop, "load_best", lambda model, run_dir: model.load_state_dict(
         saved["weights"]))
     student = tiny_model_factory(seed=1)
     log = training.train(student, examples, tmp_path, _config(max_steps=6, validation_every=2,
