@@ -130,10 +130,10 @@ def resume(session: Session, run_dir: Path) -> tuple[int, list[dict]]:
 def train_step(session: Session, examples: list[Example], step: int,
                config: StudentTrainingParams, seed: int, pad_id: int, tokenizer=None,
                order_cache: dict | None = None) -> dict:
-    """One optimizer step of `grad_accum` micro-batches; returns its log row, the same
-    in every process. The micro-batches come from the epoch's seeded order, so the step
-    number alone says which they are (and whether each is on-policy): a resumed run
-    sees the same."""
+    """One optimizer step of `grad_accum` micro-batches; returns its log row (losses
+    and token counts of the whole batch, the same in every process). The micro-batches
+    come from the epoch's seeded order, so the step number alone says which they are
+    (and whether each is on-policy): a resumed run sees the same."""
     accelerator, started = session.accelerator, time.perf_counter()
     processes = accelerator.num_processes
     tokens, on_policy, parts_sum = 0, 0, {}
