@@ -15,7 +15,7 @@ LAYERS = {
     "face": {"cli", "pipeline"},
     "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
-               "precision", "chunked_head", "pruning", "validation"},
+               "precision", "chunked_head", "pruning", "validation", "alignment"},
     "base": {"params", "runs"},
 }
 TEST_EQUIPMENT = "testing"

@@ -1,0 +1,185 @@
+"""Distillation across tokenizers: the same text cut two ways, aligned by bytes.
+
+A teacher and a student with different vocabularies cut one completion into
+different tokens, so the teacher's next-token distribution at position t names
+tokens the student does not have. Both cuts cover the same bytes, though, and
+wherever both break at the same byte their predictions are about the same text.
+So:
+
+* `align_spans` walks the byte offsets of both tokenizations and closes a span
+  wherever both break at the same byte. A span is (teacher tokens, student tokens);
+  one-to-one spans hold the same string on both sides.
+* Within a span each model's probability of the span's text is the product of its
+  conditionals over its own tokens: log P(span) = sum of the token log-probs
+  (`span_sums`).
+* The losses compare what can be compared: the span probabilities (`span_kl`), the
+  teacher's top-k mapped onto student ids through shared strings on one-to-one spans
+  (`mapped_buckets`, then any divergence of distill.losses), and, where nothing maps,
+  the sorted probability vectors (`uld_distance`, Boizard et al. 2024), which need no
+  shared vocabulary at all. `hybrid` weighs the last two.
+
+Everything here is a pure function of bytes, ids and tensors: local teachers and
+teachers behind an API (whose tokens come with bytes) are aligned the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .losses import kl_divergence
+
+
+@dataclass(frozen=True)
+class Span:
+    """Teacher tokens `teacher` and student tokens `student` (index ranges into each
+    tokenization) that cover the same bytes."""
+    teacher: range
+    student: range
+
+    @property
+    def one_to_one(self) -> bool:
+        return len(self.teacher) == 1 and len(self.student) == 1
+
+
+def align_spans(teacher: list[bytes], student: list[bytes]) -> tuple[list[Span], int, int]:
+    """(spans, teacher tokens aligned, student tokens aligned) for two tokenizations
+    (each token as its bytes) of one text.
+
+    Walking both byte offsets, a span closes wherever both tokenizations end a token
+    at the same byte. A token of no bytes (a special token) joins the span in
+    progress. Where the two byte strings stop agreeing (a special token spelled
+    differently, say an end-of-turn marker) alignment stops: the tokens from the last
+    common break on are unaligned, and the counts say where that is."""
+    spans, t_start, s_start, t, s = [], 0, 0, 0, 0
+    t_end = s_end = closed = 0  # byte offsets after tokens [:t], [:s], and the last span
+    while True:
+        if t_end <= s_end:  # advance the side that is behind
+            if t == len(teacher):
+                break
+            t_end, t = t_end + len(teacher[t]), t + 1
+        else:
+            if s == len(student):
+                break
+            s_end, s = s_end + len(student[s]), s + 1
+        if t_end == s_end > closed:
+            # empty tokens right after a common break belong to the span it closes
+            while t < len(teacher) and not teacher[t]:
+                t += 1
+            while s < len(student) and not student[s]:
+                s += 1
+            if b"".join(teacher[t_start:t]) != b"".join(student[s_start:s]):
+                break  # same length, other bytes: the texts differ from here on
+            spans.append(Span(range(t_start, t), range(s_start, s)))
+            t_start, s_start, closed = t, s, t_end
+    return spans, t_start, s_start
+
+
+def coverage(spans: list[Span], teacher_tokens: int) -> dict:
+    """Shares of a text's teacher tokens in one-to-one spans, in spans of several tokens
+    on either side, and unaligned."""
+    one = sum(len(span.teacher) for span in spans if span.one_to_one)
+    many = sum(len(span.teacher) for span in spans if not span.one_to_one)
+    total = max(teacher_tokens, 1)
+    return {"one_to_one": one / total, "multi_token": many / total,
+            "unaligned": (teacher_tokens - one - many) / total}
+
+
+def span_sums(token_logprobs: torch.Tensor, spans: list[Span], side: str) -> torch.Tensor:
+    """log P(span) = sum over the span's tokens of log p(token | everything before), for
+    each span, on `side` ('teacher' or 'student'); `token_logprobs` holds that side's
+    log-prob of each of its tokens (shape (tokens,))."""
+    index = torch.empty(len(token_logprobs), dtype=torch.long)
+    keep = torch.zeros(len(token_logprobs), dtype=torch.bool)
+    for number, span in enumerate(spans):
+        positions = getattr(span, side)
+        index[positions.start:positions.stop] = number
+        keep[positions.start:positions.stop] = True
+    sums = token_logprobs.new_zeros(len(spans))
+    return sums.index_add(0, index[keep].to(sums.device), token_logprobs[keep])
+
+
+def span_kl(teacher_span: torch.Tensor, student_span: torch.Tensor) -> torch.Tensor:
+    """Mean over spans of KL(Bern(P_T) || Bern(P_S)) between the teacher's and the
+    student's probability of each span's text, given as log P (shape (spans,)):
+
+        P_T log(P_T / P_S) + (1 - P_T) log((1 - P_T) / (1 - P_S)).
+
+    Zero exactly where the student gives every span the teacher's probability; the
+    second term keeps a student from gaining by putting all its mass on the text."""
+    if len(teacher_span) == 0:
+        return student_span.sum() * 0.0
+    # P below 1 by float32's epsilon, so that log(1 - P) stays finite
+    floor = torch.finfo(torch.float32).eps
+    log_t, log_s = (x.float().clamp(max=-floor) for x in (teacher_span, student_span))
+    buckets_t = torch.stack([log_t, torch.log(-torch.expm1(log_t))], dim=-1)
+    buckets_s = torch.stack([log_s, torch.log(-torch.expm1(log_s))], dim=-1)
+    return kl_divergence(buckets_t, buckets_s).mean()
+
+
+def map_topk(alternatives: list[list[tuple[bytes, float]]], student_ids: dict[bytes, int],
+             k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The teacher's top-k at each position (bytes, log-prob) as student ids:
+    (ids, logprobs, valid), each (positions, k). A string the student's vocabulary lacks
+    is invalid (its mass joins the tail); strings that map to one student id (two
+    teacher spellings of the same bytes) are merged, their probabilities summed."""
+    ids = torch.zeros(len(alternatives), k, dtype=torch.long)
+    logprobs = torch.full((len(alternatives), k), -torch.inf)
+    for row, entries in enumerate(alternatives):
+        merged: dict[int, float] = {}
+        for data, logprob in entries:
+            if (token := student_ids.get(data)) is not None:
+                merged[token] = float(np.logaddexp(merged.get(token, -np.inf), logprob))
+        for column, (token, logprob) in enumerate(list(merged.items())[:k]):
+            ids[row, column], logprobs[row, column] = token, logprob
+    return ids, logprobs, logprobs > -torch.inf
+
+
+def mapped_buckets(student_logits: torch.Tensor, ids: torch.Tensor, logprobs: torch.Tensor,
+                   valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(teacher, student) log-probs over the valid mapped ids plus one tail bucket, as
+    `losses.topk_buckets` gives for one vocabulary: an invalid entry is a bucket of
+    probability 0 on both sides, and the tail holds everything else (for the teacher,
+    the unmapped strings' mass too). With every entry valid this is topk_buckets."""
+    teacher_top = torch.where(valid, logprobs.float(), -torch.inf)
+    tail_mass = 1 - teacher_top.exp().sum(-1, keepdim=True)
+    teacher_tail = torch.log(tail_mass.clamp_min(ids.shape[-1] * torch.finfo(torch.float32).eps))
+    student_all = F.log_softmax(student_logits.float(), dim=-1)
+    # an invalid entry points at a valid id of its row, so the scatter below (a set,
+    # not a sum) removes each valid id from the student's tail exactly once
+    filled = torch.where(valid, ids, ids.gather(-1, valid.float().argmax(-1, keepdim=True)))
+    student_top = torch.where(valid, student_all.gather(-1, filled), -torch.inf)
+    outside = student_all.scatter(-1, filled, torch.finfo(student_all.dtype).min)
+    # a row with nothing mapped is all tail on both sides (divergence 0)
+    student_tail = torch.where(valid.any(-1, keepdim=True), outside.logsumexp(-1, keepdim=True),
+                               0.0)
+    return (torch.cat([teacher_top, teacher_tail], dim=-1),
+            torch.cat([student_top, student_tail], dim=-1))
+
+
+def uld_distance(student_logits: torch.Tensor, teacher_logprobs: torch.Tensor) -> torch.Tensor:
+    """Universal logit distillation per position: the L1 distance between the teacher's
+    and the student's probabilities, each sorted in decreasing order,
+
+        sum_i | p_T(i) - p_S(i) |,   p(1) >= p(2) >= ... ,
+
+    over the teacher's k cached probabilities and the student's k largest, each plus its
+    tail 1 - sum; no token is compared with a token, so any two vocabularies will do."""
+    k = teacher_logprobs.shape[-1]
+    teacher = teacher_logprobs.float().exp().sort(-1, descending=True).values
+    student = F.softmax(student_logits.float(), dim=-1).topk(k, dim=-1).values
+    with_tail = [torch.cat([p, (1 - p.sum(-1, keepdim=True)).clamp_min(0)], dim=-1)
+                 for p in (teacher, student)]
+    return (with_tail[0] - with_tail[1]).abs().sum(-1)
+
+
+def hybrid(matched: torch.Tensor, unmatched: torch.Tensor, matched_weight: float = 1.0,
+           uld_weight: float = 1.0) -> torch.Tensor:
+    """matched_weight * mean(divergence on mapped top-k, one-to-one spans) + uld_weight *
+    mean(ULD on the other aligned positions); an empty side adds nothing."""
+    parts = [weight * values.mean() for weight, values in
+             ((matched_weight, matched), (uld_weight, unmatched)) if values.numel()]
+    return sum(parts) if parts else matched.sum() * 0.0
