@@ -30,7 +30,8 @@ def main():
         print(f"{'wall (with setup)':<18} {total:>8.1f} s")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     keys = ["parameters_m", "size_mb", "heldout_kl", "top1_agreement", "perplexity",
-            "rouge_l_vs_teacher", "exact_match", "reference_in_answer"]
+            "bits_per_byte", "next_word_agreement", "rouge_l_vs_teacher", "exact_match",
+            "reference_in_answer"]
     print(f"\n{'model':<13}" + "".join(f"{k[:14]:>15}" for k in keys) + f"{'gen tok/s':>11}")
     for model, row in metrics["models"].items():
         cells = "".join(f"{row[k]:>15.4g}" if row.get(k) is not None else f"{'-':>15}"

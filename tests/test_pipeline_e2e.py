@@ -55,6 +55,9 @@ def test_run_folder_holds_every_artifact(smoke_run):
         assert ["injected-parameters"] in tags
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
     manifest = json.loads((smoke_run / "manifest.json").read_text())
+    metrics = json.loads((smoke_run / "metrics.json").read_text())["models"]
+    for figures in metrics.values():  # tokenizer-free figures, for every model
+        assert figures["bits_per_byte"] > 0 and 0 <= figures["next_word_agreement"] <= 1
     assert set(manifest["stages"]) == {"teacher_sampling", "student_training", "evaluation"}
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     assert manifest["artifacts"]["student/model.safetensors"]

@@ -29,6 +29,9 @@ from .runs import MANIFEST, PARAMS, SAMPLES, SAMPLING_STATS, TRAIN_LOG, read_jso
 COLUMNS = {
     "heldout_kl": "KL(teacher || student) on held-out completions, lower is better",
     "top1_agreement": "student's top-1 token equals the teacher's",
+    "bits_per_byte": "bits per UTF-8 byte of the teacher's held-out answers (any tokenizer), "
+                     "lower is better",
+    "next_word_agreement": "student's greedy next word equals the teacher's answer's",
     "rouge_l_vs_teacher": "ROUGE-L of the student's answer against the teacher's",
     "exact_match": "answer equals the reference",
     "reference_in_answer": "reference appears in the answer",

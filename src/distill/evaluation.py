@@ -4,6 +4,9 @@
   KL(p_T || p_S) per completion token (the training objective's direction) and
   top-1 agreement (student's argmax == teacher's argmax).
 - The same on a text corpus that no stage trains on (prose), and perplexity there.
+- Tokenizer-free, on the same held-out answers, so runs compare whatever the student's
+  vocabulary: bits per byte of the answers' text, and next-word agreement (the model's
+  greedy next word, after the answer's text so far, is the answer's).
 - Generated answers: ROUGE-L against the teacher's answer (the shipped local
   `evaluate` module), and, where the prompt has a reference, exact match and
   reference-in-answer accuracy.
@@ -13,6 +16,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 import string
@@ -23,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import builtin_path, encode_chat, id_windows
-from .generation import generate_all
+from .generation import generate, generate_all, stop_token_ids
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
 from .samples import Example, build_examples, collate
 
@@ -126,12 +130,154 @@ def answer_scores(answers: list[str], teacher_answers: list[str],
     return scores
 
 
+# --- tokenizer-free figures ---------------------------------------------------------
+
+WORD = re.compile(r"\S+")  # a word: a maximal run of non-whitespace characters
+
+
+@torch.inference_mode()
+def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
+                          max_word_tokens: int = 16) -> dict:
+    """Bits per byte and next-word agreement of `model` on the teacher's answers in
+    `samples` (a samples DataFrame: `messages`, `completion`, `finish_reason`): figures
+    of text, not tokens, so they compare models whose tokenizers differ.
+
+    Each model reads each sample with its own `tokenizer`: the prompt formatted by its
+    chat template (`encode_chat`) and the completion text c tokenized alone (no special
+    tokens), the two id lists concatenated. Encoding them apart keeps the prompt's end
+    a token boundary for every tokenizer; no end-of-turn token is scored or counted.
+
+    bits_per_byte = sum over samples of -log2 p(c's tokens | prompt) / sum of bytes(c),
+    bytes(c) the UTF-8 length of c.
+
+    next_word_agreement = agreeing words / counted words, over all samples. The words of
+    c are its maximal runs of non-whitespace, w_k ending at character e_k (e_0 = 0);
+    w_k counts when it is complete (followed by whitespace in c, or last in an answer
+    that ended with a stop token rather than at the length limit). Its context is the
+    prompt and c[:e_{k-1}]: the text up to the end of the previous word, so the
+    whitespace before w_k is the model's to predict. The model agrees when its greedy
+    continuation of the context, leading whitespace removed, reads w_k followed by
+    whitespace or a stop token within `max_word_tokens` tokens (whatever tokens spell
+    it). The context's ids are the model's tokens of c up to e_{k-1} where they end
+    there, else its tokenization of c[:e_{k-1}]. One forward pass over prompt + c gives
+    the greedy token after every prefix, and the greedy continuation follows c's tokens
+    while it picks them, so most words are decided without decoding; the rest
+    (`decoded_words`) get a short batched greedy decode.
+    """
+    stops = set(stop_token_ids(tokenizer, model.generation_config))
+    rows = [(json.loads(m) if isinstance(m, str) else m, c, reason == "stop")
+            for m, c, reason in zip(samples["messages"], samples["completion"],
+                                    samples["finish_reason"]) if c]
+    sums = {"bits": 0.0, "bytes": 0, "tokens": 0, "words": 0, "agree": 0}
+    undecided = []  # (context ids, greedy tokens known after it, word)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        encoded = [(encode_chat(tokenizer, m), tokenizer(c, add_special_tokens=False)
+                    ["input_ids"]) for m, c, _ in chunk]
+        logits = _right_padded_logits(model, [p + ids for p, ids in encoded])
+        for row, ((prompt, ids), (_, text, stopped)) in enumerate(zip(encoded, chunk)):
+            scored = logits[row, len(prompt) - 1:len(prompt) + len(ids)].float()
+            targets = torch.tensor(ids, device=scored.device)[:, None]
+            nll = scored[:-1].logsumexp(-1) - scored[:-1].gather(-1, targets).squeeze(-1)
+            sums["bits"] += float(nll.sum()) / math.log(2)
+            sums["bytes"] += len(text.encode("utf-8"))
+            sums["tokens"] += len(ids)
+            greedy = scored.argmax(-1).tolist()  # greedy[j]: after prompt + ids[:j]
+            ends = _token_ends(tokenizer, ids, text)
+            words = list(WORD.finditer(text))
+            for k, word in enumerate(words):
+                if word.end() == len(text) and not stopped:
+                    continue  # maybe cut off by the length limit
+                sums["words"] += 1
+                end = words[k - 1].end() if k else 0
+                if end in ends:
+                    i = ends[end]
+                    known = _known_greedy(greedy, ids, i, max_word_tokens)
+                    context = prompt + ids[:i]
+                else:
+                    known = []
+                    context = prompt + tokenizer(text[:end], add_special_tokens=False)[
+                        "input_ids"]
+                verdict = _word_verdict(tokenizer, known, word.group(), stops)
+                if verdict is None and len(known) < max_word_tokens:
+                    undecided.append((context, known, word.group()))
+                else:
+                    sums["agree"] += bool(verdict)
+    sums["decoded_words"] = len(undecided)
+    steps = 4  # most words are decided within a few tokens: decode in rounds, not to the cap
+    while undecided:
+        still = []
+        for start in range(0, len(undecided), batch_size):  # in order: long shared prefixes
+            chunk = undecided[start:start + batch_size]
+            more = generate(model, tokenizer, [c + known for c, known, _ in chunk],
+                            min(steps, max(max_word_tokens - len(k) for _, k, _ in chunk)))
+            for (context, known, word), out in zip(chunk, more):
+                tokens = (known + out["completion_ids"])[:max_word_tokens]
+                verdict = _word_verdict(tokenizer, tokens, word, stops)
+                if verdict is None and len(tokens) < max_word_tokens:
+                    still.append((context, tokens, word))
+                else:
+                    sums["agree"] += bool(verdict)
+        undecided, steps = still, 2 * steps
+    return {"bits_per_byte": sums["bits"] / sums["bytes"] if sums["bytes"] else None,
+            "next_word_agreement": sums["agree"] / sums["words"] if sums["words"] else None,
+            **{key: sums[key] for key in ("bytes", "tokens", "words", "decoded_words")}}
+
+
+def _right_padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:
+    """Logits of one forward pass over right-padded `sequences` (positions from 0)."""
+    ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+
+
+def _token_ends(tokenizer, ids: list[int], text: str) -> dict[int, int]:
+    """{character offset e: i} wherever the first i tokens of `ids` decode to text[:e]."""
+    ends = {}
+    for i in range(len(ids) + 1):
+        piece = tokenizer.decode(ids[:i], skip_special_tokens=True)
+        if text.startswith(piece):
+            ends[len(piece)] = i
+    return ends
+
+
+def _known_greedy(greedy: list[int], ids: list[int], i: int, limit: int) -> list[int]:
+    """The first greedy tokens after prompt + ids[:i] that one forward pass tells: while
+    greedy picks the next token of `ids` the continuation is `ids`, and the first token it
+    picks otherwise ends what is known."""
+    known = []
+    for j in range(i, min(len(ids), i + limit - 1) + 1):
+        known.append(greedy[j])
+        if j == len(ids) or greedy[j] != ids[j]:
+            break
+    return known
+
+
+def _word_verdict(tokenizer, tokens: list[int], word: str, stops: set[int]) -> bool | None:
+    """Whether a continuation that starts with `tokens` gives `word` as its next word:
+    True once its text, leading whitespace removed, reads `word` then whitespace or a stop
+    token; False once it cannot any more; None while its tokens so far leave it open."""
+    for m in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:m], skip_special_tokens=True).lstrip()
+        if text.startswith(word) and text[len(word):len(word) + 1].isspace():
+            return True
+        if tokens[m - 1] in stops:
+            return text == word
+        if not word.startswith(text.rstrip("\ufffd")):  # U+FFFD: a character not yet whole
+            return False
+    return None
+
+
 def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
-                  scores: dict, speed: dict):
+                  text_scores: dict, scores: dict, speed: dict):
     """One row per model, one column per figure: size and cost, fidelity under teacher
     forcing on the held-out answers and on held-out prose (with the perplexity there,
-    exp of its mean next-token loss), answer scores, generation speed (what
-    metrics.json holds)."""
+    exp of its mean next-token loss), the tokenizer-free figures (`text_scores`, from
+    `tokenizer_free_scores`), answer scores, generation speed (what metrics.json
+    holds)."""
     import pandas as pd
 
     from .models import count_parameters, folder_size
@@ -146,6 +292,8 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
             "prose_kl": prose[name]["kl"],
             "prose_top1_agreement": prose[name]["top1_agreement"],
             "perplexity": math.exp(prose[name]["nll"]),
+            "bits_per_byte": text_scores[name]["bits_per_byte"],
+            "next_word_agreement": text_scores[name]["next_word_agreement"],
             **scores[name],
             "generation_tokens_per_second": speed[name],
         } for name, model in contenders.items()}).T

@@ -47,12 +47,19 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
                "top1_agreement": "top-1 agreement with teacher",
                "rouge_l_vs_teacher": "ROUGE-L vs teacher answer",
                "perplexity": "corpus perplexity (log scale), lower is better",
+               "bits_per_byte": "bits per byte, lower is better",
+               "next_word_agreement": "next-word agreement with teacher",
                "generation_tokens_per_second": "generation tokens/s",
                "parameters_m": "parameters (millions)"}
     metrics = {k: v for k, v in metrics.items() if k in table and table[k].notna().any()}
-    figure, axes = plt.subplots(1, len(metrics), figsize=(3.2 * len(metrics), 3.4))
+    columns = 4
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows),
+                                squeeze=False)
     frame = table.reset_index().rename(columns={"index": "model"})
-    for axis, (metric, title) in zip(axes, metrics.items()):
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    for axis, (metric, title) in zip(axes.flat, metrics.items()):
         sns.barplot(frame, x="model", y=metric, hue="model", ax=axis, legend=False)
         axis.set(title=title, xlabel="", ylabel="")
         if metric == "perplexity":  # a broken student is orders of magnitude off
