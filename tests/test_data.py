@@ -215,3 +215,25 @@ def test_parquet_with_missing_references_and_ids_gives_none_not_nan(tmp_path):
     prompts = load_prompts(str(path))
     assert [p["reference"] for p in prompts] == ["1", None]
     assert [p["prompt_id"] for p in prompts] == ["x", "row-000002"]
+
+
+def test_sequences_open_with_bos_where_the_tokenizer_adds_one(teacher_tokenizer):
+    """Gemma-like tokenizers add <bos> by default and degrade without it; SmolLM2's adds
+    nothing. Prompts and texts that open a sequence get it once, continuations never."""
+    from distill.data import encode_chat, encode_start
+
+    messages = [{"role": "user", "content": "Why is the sky blue?"}]
+    plain = teacher_tokenizer("Hello there", add_special_tokens=False)["input_ids"]
+    assert encode_start(teacher_tokenizer, "Hello there") == plain  # SmolLM2: no BOS
+
+    class WithBos:  # the teacher's tokenizer, made to add a BOS as Gemma's does
+        chat_template = None
+        bos_token_id = 7
+
+        def __call__(self, text, add_special_tokens=True):
+            ids = teacher_tokenizer(text, add_special_tokens=False)["input_ids"]
+            return {"input_ids": ([7] if add_special_tokens else []) + ids}
+
+    assert encode_start(WithBos(), "Hello there") == [7, *plain]
+    assert encode_chat(WithBos(), messages)[:1] == [7]
+    assert encode_chat(WithBos(), messages).count(7) == 1

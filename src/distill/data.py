@@ -139,12 +139,25 @@ def split_prompts(prompts: list[dict], heldout_size: int, seed: int,
 
 def encode_chat(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of `messages` under the tokenizer's chat template, ready for the
-    assistant's answer (plain concatenation for tokenizers without a template)."""
+    assistant's answer (plain concatenation for tokenizers without a template), opening
+    with the BOS token where the tokenizer's own encoding starts with one."""
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
         text = "\n".join(m["content"] for m in messages) + "\n"
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encode_start(tokenizer, text)
+
+
+def encode_start(tokenizer, text: str) -> list[int]:
+    """Token ids of `text` as the start of a sequence: with the BOS token first where the
+    tokenizer's default encoding adds one (Gemma, Llama 2: without it they degrade; not
+    SmolLM2), once, even when the text (a chat template's output) already spells it.
+    Continuations (a completion after its prompt) are encoded without it."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)  # test tokenizers may have none
+    if bos is not None and ids[:1] != [bos] and tokenizer("")["input_ids"][:1] == [bos]:
+        ids = [bos, *ids]
+    return ids
 
 
 def load_corpus(source: str = "builtin") -> str:
@@ -212,7 +225,7 @@ def text_windows(tokenizer, text: str, block_size: int) -> list[list[int]]:
     """Consecutive windows of `block_size` + 1 tokens (the first token is context only:
     each window teaches `block_size` next tokens); a short last window is kept when it
     teaches at least a few."""
-    return id_windows(tokenizer(text, add_special_tokens=False)["input_ids"], block_size, 8)
+    return id_windows(encode_start(tokenizer, text), block_size, 8)
 
 
 def id_windows(ids: list[int], block_size: int, min_length: int = 2) -> list[list[int]]:

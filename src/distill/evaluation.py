@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import builtin_path, encode_chat, id_windows
+from .data import builtin_path, encode_chat, encode_start, id_windows
 from .generation import generate, generate_all, stop_token_ids
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
 from .samples import Example, build_examples, collate
@@ -40,6 +40,7 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
     teacher's logits computed once per batch for all students. `nll` is the mean
     next-token loss on the text itself: exp(nll) is the perplexity."""
     examples = samples if isinstance(samples, list) else build_examples(samples)
+    examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; sums only
     sums = {name: {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0} for name in students}
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
         batch = collate(examples[start:start + batch_size], pad_id)
@@ -48,7 +49,8 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
         keep = batch["labels"] != IGNORE_INDEX
         count = int(keep.sum())
         for name, student in students.items():
-            student_logits = student(**inputs).logits[:, :-1].float()
+            student_logits = teacher_logits if student is teacher else \
+                student(**inputs).logits[:, :-1].float()  # the teacher among them: once
             sums[name]["kl"] += float(dense_divergence(
                 forward_kl, student_logits, teacher_logits, batch["labels"])) * count
             same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
@@ -64,7 +66,7 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
 def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> list[Example]:
     """The first `max_tokens` tokens of plain text as teacher-forcing examples: windows
     of `block_size` next tokens, each token after the first scored once."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:max_tokens]
+    ids = encode_start(tokenizer, text)[:max_tokens]
     if len(ids) < 2:
         raise ValueError("the prose corpus is shorter than two tokens")
     windows = id_windows(ids, block_size)
@@ -168,6 +170,7 @@ def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
     rows = [(json.loads(m) if isinstance(m, str) else m, c, reason == "stop")
             for m, c, reason in zip(samples["messages"], samples["completion"],
                                     samples["finish_reason"]) if c]
+    rows.sort(key=lambda row: len(row[1]))  # batches of like length pad little; sums only
     sums = {"bits": 0.0, "bytes": 0, "tokens": 0, "words": 0, "agree": 0}
     undecided = []  # (context ids, greedy tokens known after it, word)
     for start in range(0, len(rows), batch_size):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .data import encode_chat, text_windows
+from .data import encode_chat, encode_start, text_windows
 from .generation import generate_all, score_documents
 from .samples import make_row, sample_shards
 
@@ -55,8 +55,7 @@ def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + 7919 * (index + 1))  # apart from the chat shards' seeds
-        prompt_ids = [tokenizer(p["text"], add_special_tokens=False)["input_ids"]
-                      for p, _ in shard]
+        prompt_ids = [encode_start(tokenizer, p["text"]) for p, _ in shard]
         outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
         return [make_row(p, split, ids, out["completion_ids"],
                          tokenizer.decode(out["completion_ids"], skip_special_tokens=True),
