@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distill)"
 	touch $@
 
-run: env          ## the main job on the embedded teacher (CPU; 9.8 min measured with native bf16)
+run: env          ## the main job on the embedded teacher (CPU; 9.9 min measured with native bf16)
 	$(BIN)/distill run params/default.yaml
 
 smoke: env        ## the whole pipeline with tiny budgets (~2 min)
