@@ -74,9 +74,13 @@ def test_span_kl_is_the_bernoulli_kl_and_zero_only_at_equal_probabilities():
     assert alignment.span_kl(p_t.log(), p_s.log()).item() == pytest.approx(reference, rel=1e-5)
     assert alignment.span_kl(p_t.log(), p_t.log()).item() == pytest.approx(0.0, abs=1e-7)
     certain = torch.zeros(1, requires_grad=True)  # P = 1 on both sides: finite, zero
-    value = alignment.span_kl(certain, certain)
+    value = alignment.span_kl(certain.detach(), certain)
     value.backward()
     assert value.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(certain.grad).all()
+    # a student sure of a span (P_S = 1) that the teacher gives 0.5 is pushed down
+    sure = torch.zeros(1, requires_grad=True)
+    alignment.span_kl(torch.log(torch.tensor([0.5])), sure).backward()
+    assert torch.isfinite(sure.grad).all() and sure.grad.item() > 1.0
 
 
 def test_mapped_topk_with_every_id_shared_reduces_to_the_same_tokenizer_loss():

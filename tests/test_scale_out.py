@@ -128,11 +128,15 @@ def test_a_killed_two_process_run_resumes_exactly(trained, tmp_path):
 
 def test_a_failed_launch_says_what_and_keeps_the_checkpoints(tmp_path):
     folder = _run_folder(tmp_path / "run")
+    checkpoint = folder / runs.CHECKPOINTS / "step-000004"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "model.safetensors").write_bytes(b"kept")
     shutil.rmtree(folder / runs.STUDENT_INIT)
     with pytest.raises(training.TrainingFailed,
                        match="(?s)process 0: SystemExit: .*student_init.*run again to resume"):
         training.launch(folder, _config(processes=2), seed=0, teacher="unused",
                         port=free_port())
+    assert (checkpoint / "model.safetensors").read_bytes() == b"kept"
 
 
 def test_the_launch_command_follows_the_params(tmp_path):

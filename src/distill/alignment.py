@@ -24,6 +24,7 @@ teachers behind an API (whose tokens come with bytes) are aligned the same way.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,9 +113,13 @@ def span_kl(teacher_span: torch.Tensor, student_span: torch.Tensor) -> torch.Ten
     second term keeps a student from gaining by putting all its mass on the text."""
     if len(teacher_span) == 0:
         return student_span.sum() * 0.0
-    # P below 1 by float32's epsilon, so that log(1 - P) stays finite
-    floor = torch.finfo(torch.float32).eps
-    log_t, log_s = (x.float().clamp(max=-floor) for x in (teacher_span, student_span))
+    # P at most 1 - 1e-4, so log(1 - P) and its gradient stay moderate; the student's
+    # clamp passes the gradient straight through, so a student sure of a span the
+    # teacher doubts is still pushed back
+    ceiling = math.log1p(-1e-4)
+    log_t = teacher_span.float().clamp(max=ceiling)
+    raw = student_span.float()
+    log_s = raw - (raw - raw.clamp(max=ceiling)).detach()
     buckets_t = torch.stack([log_t, torch.log(-torch.expm1(log_t))], dim=-1)
     buckets_s = torch.stack([log_s, torch.log(-torch.expm1(log_s))], dim=-1)
     return kl_divergence(buckets_t, buckets_s).mean()
@@ -143,7 +148,9 @@ def mapped_buckets(student_logits: torch.Tensor, ids: torch.Tensor, logprobs: to
     """(teacher, student) log-probs over the valid mapped ids plus one tail bucket, as
     `losses.topk_buckets` gives for one vocabulary: an invalid entry is a bucket of
     probability 0 on both sides, and the tail holds everything else (for the teacher,
-    the unmapped strings' mass too). With every entry valid this is topk_buckets."""
+    the unmapped strings' mass too). With every entry valid, and fewer entries than the
+    student's vocabulary, this is topk_buckets."""
+    ids, logprobs, valid = (x.to(student_logits.device) for x in (ids, logprobs, valid))
     teacher_top = torch.where(valid, logprobs.float(), -torch.inf)
     tail_mass = 1 - teacher_top.exp().sum(-1, keepdim=True)
     teacher_tail = torch.log(tail_mass.clamp_min(ids.shape[-1] * torch.finfo(torch.float32).eps))

@@ -43,7 +43,8 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
     examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; sums only
     sums = {name: {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0} for name in students}
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
-        batch = collate(examples[start:start + batch_size], pad_id)
+        batch = {k: v.to(teacher.device)
+                 for k, v in collate(examples[start:start + batch_size], pad_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         teacher_logits = teacher(**inputs).logits[:, :-1].float()
         keep = batch["labels"] != IGNORE_INDEX

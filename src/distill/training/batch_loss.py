@@ -63,7 +63,8 @@ def micro_batch_loss(session, batch: dict, config: StudentTrainingParams, *,
             student_logits = student(**inputs, logits_to_keep=keep).logits[:, :-1]
     teacher_output, teacher_hidden = None, {}
     if teacher is not None and (teacher_logits or hidden is not None):
-        with torch.no_grad(), _capture(teacher, hidden, 1) as teacher_hidden:
+        with torch.no_grad(), session.accelerator.autocast(), \
+                _capture(teacher, hidden, 1) as teacher_hidden:
             teacher_output = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
     signal = {"logits": teacher_output if teacher_logits else None,
               "topk_ids": batch["topk_ids"][:, start:],

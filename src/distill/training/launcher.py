@@ -9,7 +9,7 @@ and reads the log back. Each child (`main`) reads only the run folder: the sampl
 and the main process saves `student/`. So the notebook and `distill run` stay the
 entry points, and the same job can be launched by hand on a cluster:
 
-    accelerate launch --config_file configs/accelerate/multi_gpu.yaml \\
+    accelerate launch --config_file configs/accelerate/multi_gpu_ddp.yaml \\
         -m distill.training outputs/<run>
 
 On CPU the processes talk over gloo and split the cores between them.

@@ -93,16 +93,20 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
         optimizer, min(config.warmup_steps, total_steps), total_steps)
     if accelerator.state.deepspeed_plugin is not None:
         _fit_deepspeed(accelerator.state.deepspeed_plugin, config, accelerator.num_processes)
-    if weights_sharded(accelerator) and config.keep == "best":
-        raise ValueError("student_training.keep='best' is not supported with FSDP or DeepSpeed "
-                         "(the best weights are kept unsharded); use keep='last'")
+    if weights_sharded(accelerator) and (config.keep == "best" or config.lmbda > 0
+                                         or config.hidden_weight > 0):
+        # best weights are kept unsharded; on-policy decoding runs a different number of
+        # forward passes per process (each a collective there); the hidden projections
+        # are a second trained module
+        raise ValueError("with FSDP or DeepSpeed, student_training needs keep='last', "
+                         "lmbda=0 and hidden_weight=0")
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     if hidden is not None:
         hidden = accelerator.prepare_model(hidden)
     # clipped after `prepare`: FSDP clips only through the parameters of its own wrapper
     trained = list(student.parameters()) + (list(hidden.parameters()) if hidden else [])
-    if teacher is not None:
-        teacher = accelerator.prepare_model(teacher, evaluation_mode=True)
+    if teacher is not None:  # on the device, not registered: checkpoints hold no teacher
+        teacher = teacher.to(accelerator.device).eval()
     return Session(accelerator, student, teacher, hidden, optimizer, scheduler, trained,
                    total_steps, micro_per_epoch)
 
@@ -297,10 +301,12 @@ def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_pa
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         previous = latest_checkpoint(run_dir)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        # the log first: a checkpoint in place always has its log rows (resume keeps the
+        # rows up to its step)
         with atomic_file(log_path) as handle:
             log.to_csv(handle, index=False)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
         if previous is not None and previous[0] != step:
             shutil.rmtree(previous[1], ignore_errors=True)
     accelerator.wait_for_everyone()
