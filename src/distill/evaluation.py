@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import builtin_path, encode_chat, encode_start, id_windows
-from .generation import generate, generate_all, stop_token_ids
+from .generation import generate, generate_all, right_padded_logits, stop_token_ids
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
 from .samples import Example, build_examples, collate
 
@@ -178,7 +178,7 @@ def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
         chunk = rows[start:start + batch_size]
         encoded = [(encode_chat(tokenizer, m), tokenizer(c, add_special_tokens=False)
                     ["input_ids"]) for m, c, _ in chunk]
-        logits = _right_padded_logits(model, [p + ids for p, ids in encoded])
+        logits = right_padded_logits(model, [p + ids for p, ids in encoded])
         for row, ((prompt, ids), (_, text, stopped)) in enumerate(zip(encoded, chunk)):
             scored = logits[row, len(prompt) - 1:len(prompt) + len(ids)].float()
             targets = torch.tensor(ids, device=scored.device)[:, None]
@@ -226,16 +226,6 @@ def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
     return {"bits_per_byte": sums["bits"] / sums["bytes"] if sums["bytes"] else None,
             "next_word_agreement": sums["agree"] / sums["words"] if sums["words"] else None,
             **{key: sums[key] for key in ("bytes", "tokens", "words", "decoded_words")}}
-
-
-def _right_padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:
-    """Logits of one forward pass over right-padded `sequences` (positions from 0)."""
-    ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, sequence in enumerate(sequences):
-        ids[row, :len(sequence)] = torch.tensor(sequence)
-        mask[row, :len(sequence)] = 1
-    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
 
 
 def _token_ends(tokenizer, ids: list[int], text: str) -> dict[int, int]:

@@ -190,16 +190,20 @@ def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int
     results = []
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
-        length = max(map(len, chunk))
-        ids = torch.zeros(len(chunk), length, dtype=torch.long)
-        mask = torch.zeros(len(chunk), length, dtype=torch.long)
-        for row, window in enumerate(chunk):  # right padding: positions start at 0
-            ids[row, :len(window)] = torch.tensor(window)
-            mask[row, :len(window)] = 1
-        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)
-                       ).logits[:, :-1]
+        logits = right_padded_logits(model, chunk)[:, :-1]
         for row, window in enumerate(chunk):
             top = torch.log_softmax(logits[row, :len(window) - 1].float(), -1).topk(top_k)
             results.append({"topk_ids": top.indices.tolist(),
                             "topk_logprobs": top.values.tolist()})
     return results
+
+
+def right_padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:
+    """Logits of one forward pass over right-padded `sequences` (positions from 0, so
+    each row reads as it would alone)."""
+    ids = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+    return model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
