@@ -138,3 +138,13 @@ def test_hybrid_weighs_the_two_parts_and_skips_an_empty_one():
     matched, unmatched = torch.tensor([1.0, 3.0]), torch.tensor([4.0])
     assert alignment.hybrid(matched, unmatched, 0.5, 2.0).item() == pytest.approx(9.0)
     assert alignment.hybrid(matched, torch.tensor([])).item() == pytest.approx(2.0)
+
+
+def test_end_tokens_on_both_sides_pair_up_one_to_one():
+    # each model ends its answer with a special token of no bytes: a span of its own
+    spans, t_done, s_done = _spans([b"Hi", b"!", b""], [b"Hi!", b""])
+    assert spans == [Span(range(0, 2), range(0, 1)), Span(range(2, 3), range(1, 2))]
+    assert (t_done, s_done) == (3, 2) and spans[1].one_to_one
+    # two on one side, one on the other: the pair's span takes the extra one
+    spans, *_ = _spans([b"a", b"", b""], [b"a", b""])
+    assert spans == [Span(range(0, 1), range(0, 1)), Span(range(1, 3), range(1, 2))]

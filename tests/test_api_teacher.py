@@ -81,11 +81,14 @@ def test_api_samples_equal_the_local_backend(server, tiny_model_teacher_vocab,
                             tmp_path / "local", seed=0, shard_size=8, batch_size=4, **SETTINGS)
     api, local = (samples.read_samples(tmp_path / name) for name in ("api", "local"))
     assert stats["with_logprobs"] == len(api) == len(local) == 24
-    columns = ["prompt_id", "split", "prompt_ids", "completion_ids", "completion", "topk_ids"]
+    columns = ["prompt_id", "split", "prompt_ids", "completion_ids", "completion", "topk_ids",
+               "completion_bytes", "topk_bytes"]  # the end of an answer: b"" on both sides
     for column in columns:
         assert [_plain(v) for v in api[column]] == [_plain(v) for v in local[column]], column
     for ours, theirs in zip(api["topk_logprobs"], local["topk_logprobs"]):
         np.testing.assert_allclose(np.stack(ours), np.stack(theirs), atol=1e-4)
+    for ours, theirs in zip(api["completion_logprobs"], local["completion_logprobs"]):
+        np.testing.assert_allclose(ours, theirs, atol=1e-4)
 
 
 def _plain(value):
@@ -314,6 +317,101 @@ def test_text_only_answers_are_retokenized(teacher_tokenizer):
     expected = teacher_tokenizer("Blue.", add_special_tokens=False)["input_ids"]
     assert result["completion_ids"] == expected + [teacher_tokenizer.eos_token_id]
     assert result["topk_ids"] == [] and result["completion"] == "Blue."
+
+
+def _entry(token: str, logprob: float, data: bytes | None = None, top=()) -> dict:
+    """A chat-completions log-prob entry; `data` None leaves out its `bytes` field."""
+    entry = {"token": token, "logprob": logprob, "top_logprobs": list(top)}
+    return entry if data is None else {**entry, "bytes": list(data)}
+
+
+def _answer(text: str, entries: list[dict], finish_reason: str = "stop") -> dict:
+    return {"choices": [{"message": {"content": text}, "finish_reason": finish_reason,
+                         "logprobs": {"content": entries}}]}
+
+
+def _sample(response: dict, tokenizer, k: int = 2) -> dict:
+    return response_to_sample(response, k, TokenBytes(tokenizer), tokenizer,
+                              {tokenizer.eos_token_id})
+
+
+def test_tokens_of_another_tokenizer_are_recorded_as_bytes(teacher_tokenizer):
+    """An endpoint with another tokenizer (" 日本語" is one of its tokens, none of the
+    student's): the ids fall back to the text, but the teacher's own tokens, log-probs
+    and alternatives are kept as bytes, alternatives most likely first; a token without
+    `bytes` is its text; its end-of-turn token, which the text leaves out, adds b"" (an
+    ordinary token of another tokenizer is kept as it is, even a special-looking one)."""
+    assert TokenBytes(teacher_tokenizer).bytes_to_id.get(" 日本語".encode()) is None
+    entries = [
+        _entry("Blue", -0.5, b"Blue", [_entry("Red", -1.5, b"Red"), _entry("Blue", -0.5)]),
+        _entry(" 日本語", -0.25, top=[_entry(" 日本語", -0.25), _entry(" sky", -2.0)]),
+        _entry(".", -0.1, b".", [_entry("!", -3.0, b"!"), _entry(".", -0.1, b".")]),
+        _entry("<end_of_turn>", -0.05, b"<end_of_turn>",
+               [_entry("<end_of_turn>", -0.05), _entry("<|im_end|>", -4.0)]),
+    ]
+    result = _sample(_answer("Blue 日本語.", entries), teacher_tokenizer)
+    expected = teacher_tokenizer("Blue 日本語.", add_special_tokens=False)["input_ids"]
+    assert result["completion_ids"] == expected + [teacher_tokenizer.eos_token_id]
+    assert result["topk_ids"] == [] and result["topk_logprobs"] == []
+    assert result["completion_bytes"] == [b"Blue", " 日本語".encode(), b".", b""]
+    assert result["completion_logprobs"] == [-0.5, -0.25, -0.1, -0.05]
+    # "<|im_end|>" is a special token of the student's: it writes no text
+    assert result["topk_bytes"] == [[b"Blue", b"Red"], [" 日本語".encode(), b" sky"],
+                                    [b".", b"!"], [b"<end_of_turn>", b""]]
+
+
+def test_tokens_named_by_id_take_the_bytes_of_the_id(teacher_tokenizer):
+    """vLLM's --return-tokens-as-token-ids: "token_id:<N>" is N in the student's
+    vocabulary (its `bytes` are those of a decoded string, not the token's: ignored); a
+    special id writes no text. An id beyond the vocabulary leaves the bytes unknown."""
+    blue, sky, dot = teacher_tokenizer("Blue sky.", add_special_tokens=False)["input_ids"]
+    eos = teacher_tokenizer.eos_token_id
+
+    def named(token_id, logprob, alternative):
+        return _entry(f"token_id:{token_id}", logprob, b"", [
+            _entry(f"token_id:{token_id}", logprob, b""),
+            _entry(f"token_id:{alternative}", logprob - 1, b"?")])
+
+    entries = [named(blue, -0.5, eos), named(sky, -0.25, dot), named(dot, -0.1, sky),
+               named(eos, -0.05, blue)]
+    result = _sample(_answer("Blue sky.", entries), teacher_tokenizer)
+    assert result["completion_ids"] == [blue, sky, dot, eos]
+    assert result["topk_ids"] == [[blue, eos], [sky, dot], [dot, sky], [eos, blue]]
+    assert result["completion_bytes"] == [b"Blue", b" sky", b".", b""]
+    assert result["completion_logprobs"] == [-0.5, -0.25, -0.1, -0.05]
+    assert result["topk_bytes"] == [[b"Blue", b""], [b" sky", b"."], [b".", b" sky"],
+                                    [b"", b"Blue"]]
+    entries[1]["top_logprobs"][1]["token"] = f"token_id:{len(teacher_tokenizer)}"
+    result = _sample(_answer("Blue sky.", entries), teacher_tokenizer)
+    assert result["completion_bytes"] == result["completion_logprobs"] == \
+        result["topk_bytes"] == []
+
+
+def test_token_bytes_are_left_out_where_they_are_not_known(teacher_tokenizer):
+    """No bytes without log-probs and k alternatives for every token, nor where a token
+    or an alternative is a U+FFFD stand-in for a piece of a character; a U+FFFD the
+    answer holds is the tokenizer's own."""
+    def entries(second: str = " sky", alternatives: int = 2):
+        return [_entry(token, -0.5, token.encode(),
+                       [_entry(token, -0.5), _entry("x", -2.0)][:alternatives])
+                for token in ("Blue", second, ".")]
+
+    def recorded(response, k=2):
+        result = _sample(response, teacher_tokenizer, k)
+        fields = [result[key] for key in ("completion_bytes", "completion_logprobs",
+                                          "topk_bytes")]
+        assert all(fields) or not any(fields)
+        return bool(fields[0])
+
+    assert recorded(_answer("Blue sky.", entries()))
+    assert not recorded(_answer("Blue sky.", entries()), k=0)
+    assert not recorded(_answer("Blue sky.", entries(alternatives=1)))
+    assert not recorded(_answer("Blue sky.", []))
+    assert not recorded(_answer("Blue 日.", entries(" \ufffd")))  # " 日" in pieces
+    piece_alternative = entries()
+    piece_alternative[0]["top_logprobs"][1] = _entry("\ufffd", -2.0)
+    assert not recorded(_answer("Blue sky.", piece_alternative))
+    assert recorded(_answer("Blue \ufffd.", entries(" \ufffd")))  # the answer's own
 
 
 def test_token_bytes_round_trip_the_whole_vocabulary(teacher_tokenizer):

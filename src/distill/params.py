@@ -23,7 +23,6 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import yaml
 
@@ -49,17 +48,21 @@ def _p(default, help: str, check=None):
     return field(default=default, metadata={"help": help, "check": check})
 
 
-def _objective_names() -> list[str]:
-    # The registry in distill.losses is the one list. Imported here, not at the top:
-    # it imports torch, which validating a params file without kd_loss need not wait for.
+def objective_names(cross: bool | None = None) -> list[str]:
+    """kd_loss names: all, or (cross) only those for a student with another tokenizer,
+    or (not cross) only those over one vocabulary."""
+    # The registries in distill.losses and distill.alignment are the one list. Imported
+    # here, not at the top: they import torch, which validating a params file without
+    # kd_loss need not wait for.
+    from .alignment import CROSS_OBJECTIVES
     from .losses import OBJECTIVES
 
-    return list(OBJECTIVES)
+    return [*(OBJECTIVES if not cross else []), *(CROSS_OBJECTIVES if cross is not False else [])]
 
 
 def _objective_check():
-    return (lambda v: v in _objective_names(),
-            lambda: "must be one of " + ", ".join(_objective_names()))
+    return (lambda v: v in objective_names(),
+            lambda: "must be one of " + ", ".join(objective_names()))
 
 
 positive = (lambda v: v > 0, "must be > 0")
@@ -162,8 +165,15 @@ class StudentTrainingParams:
                           "(sequence-level KD)", non_negative)
     kd_weight: float = _p(1.0, "weight of the token-level objective kd_loss, scaled by T^2",
                           non_negative)
-    kd_loss: str = _p("forward_kl", "token-level objective: a name in distill.losses."
-                      "OBJECTIVES (`distill params` lists them)", _objective_check())
+    kd_loss: str = _p("forward_kl", "token-level objective: a divergence over one vocabulary "
+                      "(distill.losses), or for a student with another tokenizer than the "
+                      "teacher's span_kl, mapped_kl, uld or hybrid (distill.alignment)",
+                      _objective_check())
+    kd_mapped_weight: float = _p(1.0, "hybrid: weight of the KL over the teacher's top-k "
+                                 "mapped onto the student's tokens (one-to-one spans)",
+                                 non_negative)
+    kd_uld_weight: float = _p(1.0, "hybrid: weight of ULD where spans have several tokens",
+                              non_negative)
     kd_beta: float = _p(0.5, "generalized_jsd mixture weight: 0 forward KL, 1 reverse KL",
                         (lambda v: 0 <= v <= 1, "must be in [0, 1]"))
     kd_alpha: float = _p(0.1, "skew_kl / skew_reverse_kl skew: 0 is the plain KL",
@@ -230,6 +240,11 @@ class StudentTrainingParams:
         """Offline token-level KD reads the top-k cached by stage 01 (text-only samples
         lack it)."""
         return self.kd_source == "topk" and self.kd_weight > 0 and self.lmbda < 1
+
+    @property
+    def cross_objective(self) -> bool:
+        """The KD term aligns the teacher's tokens with the student's by bytes."""
+        return self.kd_weight > 0 and self.kd_loss in objective_names(cross=True)
 
     @property
     def objective_options(self) -> dict:
@@ -362,75 +377,10 @@ def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Pa
             raise ParamsError(f"{source}: {name}: expected a mapping, got {values!r}")
         built[name] = _build_section(cls, values, f"{source}: {name}")
     params = Params(**built)
-    _check_across_sections(params, source)
+    from .params_checks import check_across_sections  # it imports this module
+
+    check_across_sections(params, source)
     return params
-
-
-def _check_across_sections(params: Params, source: str) -> None:
-    """Checks that need more than one key (or the teacher's vocabulary)."""
-    from .models import EMBEDDED  # registry only: no torch import
-
-    embedded = EMBEDDED.get(params.run.teacher)
-    sampling = params.teacher_sampling
-    k = sampling.top_k_logprobs
-    if sampling.backend == "openai":
-        if not sampling.base_url:
-            raise ParamsError(f"{source}: teacher_sampling.base_url: the openai backend needs "
-                              "the endpoint, e.g. http://127.0.0.1:8000/v1")
-        if k > MAX_TOP_LOGPROBS:
-            raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: an OpenAI-compatible "
-                              f"API returns at most {MAX_TOP_LOGPROBS} log-probs per token, "
-                              f"got {k}")
-        address = urlsplit(sampling.base_url)
-        if address.username or address.password or "key" in address.query.lower():
-            raise ParamsError(f"{source}: teacher_sampling.base_url carries credentials; put "
-                              "the key in the environment variable named by api_key_env "
-                              "instead (params files are saved with every run)")
-    if embedded and k > embedded.vocab_size:
-        raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "
-                          f"the teacher's vocabulary ({embedded.vocab_size})")
-    training = params.student_training
-    if training.ce_weight == 0 and training.kd_weight == 0:
-        raise ParamsError(f"{source}: student_training: ce_weight and kd_weight are both 0; "
-                          "set at least one above 0")
-    if training.lmbda > 0 and training.kd_weight == 0:
-        raise ParamsError(f"{source}: student_training.lmbda: on-policy batches are scored by "
-                          "the teacher's distribution; set kd_weight above 0")
-    pairs = training.hidden_layer_map
-    if pairs is not None and not all(
-            isinstance(p, list) and len(p) == 2 and all(isinstance(i, int) and i >= 0 for i in p)
-            for p in pairs):
-        raise ParamsError(f"{source}: student_training.hidden_layer_map: expected a list of "
-                          f"[student layer, teacher layer] pairs, got {pairs!r}")
-    weights = training.source_weights
-    if not (set(weights) <= set(SOURCES) and all(
-            isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0
-            for w in weights.values()) and any(w > 0 for w in weights.values())):
-        raise ParamsError(f"{source}: student_training.source_weights: expected weights >= 0 "
-                          f"for sources among {', '.join(SOURCES)}, at least one above 0; "
-                          f"got {weights!r}")
-    if training.keep == "best" and training.validation_size == 0:
-        raise ParamsError(f"{source}: student_training.keep: best needs a validation slice; "
-                          "set validation_size above 0")
-    if (sampling.generic_samples or sampling.documents) and k == 0:
-        raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents record "
-                          "the teacher's top-k; set top_k_logprobs above 0")
-    if sampling.backend == "openai" and (sampling.generic_samples or sampling.documents):
-        raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents need the "
-                          "local backend (an API scores no given text); set them to 0 / null")
-    layers = training.student_layers
-    if layers is not None and training.prune_recipe != "alternate":
-        raise ParamsError(f"{source}: student_training.student_layers names the layers "
-                          f"itself; it goes with prune_recipe alternate, not "
-                          f"{training.prune_recipe}")
-    if layers is not None:
-        if not layers or not all(isinstance(i, int) and i >= 0 for i in layers):
-            raise ParamsError(f"{source}: student_training.student_layers: expected a non-empty "
-                              f"list of layer indices >= 0, got {layers!r}")
-        if embedded and max(layers) >= embedded.num_layers:
-            raise ParamsError(f"{source}: student_training.student_layers: the teacher has "
-                              f"{embedded.num_layers} layers (0..{embedded.num_layers - 1}), "
-                              f"got {max(layers)}")
 
 
 def describe() -> str:
@@ -442,5 +392,6 @@ def describe() -> str:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             value = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...")
             lines.append(f"  {f.name + ':':<26}{value.strip():<24} # {f.metadata['help']}")
-    lines.append(f"\nkd_loss objectives: {', '.join(_objective_names())}")
+    lines.append(f"\nkd_loss objectives: {', '.join(objective_names(cross=False))}; across "
+                 f"tokenizers: {', '.join(objective_names(cross=True))}")
     return "\n".join(lines)

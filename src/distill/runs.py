@@ -24,6 +24,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import platform
 import shutil
@@ -89,7 +90,9 @@ SPEED_FIGURES = ("generation_tokens_per_second",)
 def write_metrics(run_dir: str | Path, table, heldout_prompts: int) -> dict:
     """Write metrics.json from the evaluation's table (a DataFrame, one row per model,
     one column per figure); returns what was written."""
-    rows = table.to_dict("index")
+    # a figure that does not apply (NaN) is written as null: JSON has no NaN
+    rows = {model: {k: None if isinstance(v, float) and math.isnan(v) else v
+                    for k, v in row.items()} for model, row in table.to_dict("index").items()}
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION, "heldout_prompts": heldout_prompts,
         "models": {model: {k: v for k, v in row.items() if k not in SPEED_FIGURES}

@@ -3,7 +3,12 @@
 A sample is one row per prompt in Parquet (`SAMPLE_SCHEMA`): the chat, the token
 ids of prompt and completion under the teacher's tokenizer, the decoded
 completion and, per completion token, the teacher's k most likely next tokens
-and their log-probs (empty for a text-only teacher). Rows live in shards of
+and their log-probs (empty for a text-only teacher). Since schema 2 every
+completion token also comes with its bytes and the teacher's log-prob of it, and
+every top-k alternative with its bytes: what a student with another tokenizer
+needs to align the teacher's tokens with its own (`distill.alignment`), with the
+teacher out of memory or behind an API. Shards of schema 1 are still read (those
+columns empty). Rows live in shards of
 `shard_size` prompts under `samples/` in the run folder, each written
 atomically and stamped with the settings that made it (its fingerprint), so a
 re-run resumes shard by shard and never mixes samples made under other settings.
@@ -30,7 +35,7 @@ from tqdm.auto import tqdm
 from .losses import IGNORE_INDEX
 from .runs import SAMPLES, atomic_file
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 SAMPLE_SCHEMA = pa.schema([
     ("prompt_id", pa.string()),
     ("kind", pa.string()),
@@ -43,7 +48,13 @@ SAMPLE_SCHEMA = pa.schema([
     ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
     ("finish_reason", pa.string()),
     ("reference", pa.string()),
+    # schema 2: the teacher's tokens as bytes (b"" for a special token such as the end
+    # of the answer) and its log-prob of each chosen token
+    ("completion_bytes", pa.list_(pa.binary())),
+    ("completion_logprobs", pa.list_(pa.float32())),
+    ("topk_bytes", pa.list_(pa.list_(pa.binary()))),
 ])
+SCHEMA_2_COLUMNS = ("completion_bytes", "completion_logprobs", "topk_bytes")
 
 
 class SamplesError(RuntimeError):
@@ -124,15 +135,20 @@ def _pending(path: Path, shard: list[tuple[dict, str]], settings: str) -> list:
 
 
 def make_row(prompt: dict, split: str, prompt_ids: list[int], completion_ids: list[int],
-             completion: str, topk_ids: list, topk_logprobs: list, finish_reason: str) -> dict:
+             completion: str, topk_ids: list, topk_logprobs: list, finish_reason: str,
+             completion_bytes: list = (), completion_logprobs: list = (),
+             topk_bytes: list = ()) -> dict:
     """One sample in SAMPLE_SCHEMA. `topk_*` hold one row per completion token, or are
-    empty when the teacher gave no log-probs (text only: sequence-level KD)."""
+    empty when the teacher gave no log-probs (text only: sequence-level KD); so are the
+    schema-2 fields when the teacher gave no bytes or log-probs."""
     return {
         "prompt_id": prompt["prompt_id"], "kind": prompt["kind"], "split": split,
         "messages": json.dumps(prompt["messages"]), "prompt_ids": prompt_ids,
         "completion_ids": completion_ids, "completion": completion,
         "topk_ids": topk_ids, "topk_logprobs": topk_logprobs,
         "finish_reason": finish_reason, "reference": prompt["reference"],
+        "completion_bytes": list(completion_bytes),
+        "completion_logprobs": list(completion_logprobs), "topk_bytes": list(topk_bytes),
     }
 
 
@@ -165,7 +181,11 @@ def read_samples(run_dir: Path, split: str | None = None,
     frames = []
     for source in sources:
         for path in sorted((Path(run_dir) / SAMPLES).glob(f"{SHARD_PREFIXES[source]}-*.parquet")):
-            frames.append(pd.read_parquet(path).assign(source=source))
+            frame = pd.read_parquet(path).assign(source=source)
+            for column in SCHEMA_2_COLUMNS:  # a schema-1 shard: no bytes were recorded
+                if column not in frame:
+                    frame[column] = [np.array([])] * len(frame)
+            frames.append(frame)
     if not frames:
         if "chat" in sources:
             raise SamplesError(f"{Path(run_dir) / SAMPLES}: no sample shards; "
@@ -186,6 +206,10 @@ class Example:
     topk_ids: list[list[int]]  # one row per completion token
     topk_logprobs: list[list[float]]
     source: str = "chat"  # which SHARD_PREFIXES source the sample came from
+    # a student with another tokenizer: the teacher's signal per completion position, as
+    # lists 'kind', 'raw_logprobs', 'span_index', 'span_teacher' (distill.cross_tokenizer);
+    # topk_ids / topk_logprobs then hold the top-k mapped onto the student's ids
+    cross: dict | None = None
 
     @property
     def prompt_length(self) -> int:
@@ -251,7 +275,32 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
             start = n - 1 - len(example.topk_ids)  # first completion target position
             batch["topk_ids"][row, start:n - 1] = torch.tensor(example.topk_ids)
             batch["topk_logprobs"][row, start:n - 1] = torch.tensor(example.topk_logprobs)
+    if any(e.cross for e in examples):
+        batch.update(_collate_cross(examples, length - 1, k))
     return batch
+
+
+# the cross-tokenizer fields: batch key, Example.cross key, fill value, dtype
+CROSS_FIELDS = (("cross_kind", "kind", 0, torch.long),
+                ("raw_logprobs", "raw_logprobs", 0.0, torch.float32),
+                ("span_index", "span_index", -1, torch.long),
+                ("span_teacher", "span_teacher", 0.0, torch.float32))
+
+
+def _collate_cross(examples: list[Example], positions: int, k: int) -> dict:
+    """The cross-tokenizer fields of a batch, right-padded as `collate` pads the rest."""
+    fields = {}
+    for key, name, fill, dtype in CROSS_FIELDS:
+        shape = (len(examples), positions, k) if name == "raw_logprobs" else \
+            (len(examples), positions)
+        tensor = torch.full(shape, fill, dtype=dtype)
+        for row, example in enumerate(examples):
+            if example.cross:
+                end = len(example.input_ids) - 1
+                tensor[row, end - len(example.topk_ids):end] = \
+                    torch.tensor(example.cross[name], dtype=dtype)
+        fields[key] = tensor
+    return fields
 
 
 def epoch_order(sources: list[str], weights: dict, seed: int, epoch: int) -> list[int]:

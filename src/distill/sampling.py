@@ -16,6 +16,20 @@ import torch
 from .data import encode_chat, encode_start, text_windows
 from .generation import generate_all, score_documents
 from .samples import make_row, sample_shards
+from .token_bytes import TokenBytes
+
+
+def _row(prompt: dict, split: str, prompt_ids: list[int], out: dict, vocab: TokenBytes,
+         tokenizer) -> dict:
+    """A sample from one generated (or scored) completion, with its tokens' bytes and the
+    bytes of every top-k alternative (schema 2)."""
+    ids = out["completion_ids"]
+    return make_row(prompt, split, prompt_ids, ids,
+                    tokenizer.decode(ids, skip_special_tokens=True),
+                    out.get("topk_ids", []), out.get("topk_logprobs", []),
+                    out.get("finish_reason", "length"), vocab.text_bytes(ids),
+                    out["token_logprobs"],
+                    [vocab.text_bytes(row) for row in out.get("topk_ids", [])])
 
 
 def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run_dir: Path,
@@ -28,14 +42,14 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
         raise ValueError(f"teacher_sampling.top_k_logprobs={settings['top_k_logprobs']} "
                          f"exceeds the teacher's vocabulary ({vocab_size})")
 
+    vocab = TokenBytes(tokenizer)
+
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
         prompt_ids = [encode_chat(tokenizer, p["messages"]) for p, _ in shard]
-        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
-        return [make_row(p, split, ids, out["completion_ids"],
-                         tokenizer.decode(out["completion_ids"], skip_special_tokens=True),
-                         out.get("topk_ids", []), out.get("topk_logprobs", []),
-                         out["finish_reason"])
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
+                               token_logprobs=True, **settings)
+        return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
     fingerprint = {"seed": seed, "shard_size": shard_size, **settings}
@@ -53,13 +67,14 @@ def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path
     settings = {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": 1.0,
                 "top_p": 1.0, "top_k_logprobs": top_k_logprobs}
 
+    vocab = TokenBytes(tokenizer)
+
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + 7919 * (index + 1))  # apart from the chat shards' seeds
         prompt_ids = [encode_start(tokenizer, p["text"]) for p, _ in shard]
-        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress, **settings)
-        return [make_row(p, split, ids, out["completion_ids"],
-                         tokenizer.decode(out["completion_ids"], skip_special_tokens=True),
-                         out["topk_ids"], out["topk_logprobs"], out["finish_reason"])
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
+                               token_logprobs=True, **settings)
+        return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
     fingerprint = {"seed": seed, "shard_size": shard_size, "count": count, **settings}
@@ -80,13 +95,14 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
     prompts = [{"prompt_id": key, "kind": source, "reference": None, "messages": []}
                for key in windows]
 
+    vocab = TokenBytes(tokenizer)
+
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         chosen = [windows[p["prompt_id"]] for p, _ in shard]
         scored = score_documents(model, chosen, top_k_logprobs, batch_size)
         progress.update(len(shard))
-        return [make_row(p, split, window[:1], window[1:], tokenizer.decode(window[1:]),
-                         out["topk_ids"], out["topk_logprobs"], "length")
-                for (p, _), window, out in zip(shard, chosen, scored)]
+        return [_row(p, split, window[:1], {"completion_ids": window[1:], **out}, vocab,
+                     tokenizer) for (p, _), window, out in zip(shard, chosen, scored)]
 
     fingerprint = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
                    "shard_size": shard_size, "texts": sorted(texts)}

@@ -47,6 +47,7 @@ class TokenBytes:
         byte_level = all(c in BYTE_LEVEL for p in ordinary[:2000] for c in p)
         self.id_to_bytes = [_piece_bytes(piece or "", piece in special, byte_level)
                             for piece in pieces]
+        self.special_ids = {i for i, piece in enumerate(pieces) if piece in special}
         # Ordinary tokens first, so they win a tie with an added token spelled the same
         # way; within each group the lower id wins (SentencePiece's "▁" and "<0x20>"
         # are both a space: the space comes back as the first of them).
@@ -60,6 +61,11 @@ class TokenBytes:
         """(text, bytes) of one id, as the OpenAI API names a token."""
         data = self.id_to_bytes[token_id]
         return data.decode("utf-8", errors="replace"), list(data)
+
+    def text_bytes(self, token_ids: list[int]) -> list[bytes]:
+        """The bytes each token adds to the text: b"" for a special token (an end of
+        turn writes no text), as samples record them for alignment."""
+        return [b"" if i in self.special_ids else self.id_to_bytes[i] for i in token_ids]
 
     def lookup(self, text: str, data: list[int] | None) -> int | None:
         """The id the API meant by (token text, bytes), or None if this tokenizer has none."""
@@ -78,3 +84,9 @@ def _piece_bytes(piece: str, special: bool, byte_level: bool) -> bytes:
     if match := _BYTE_PIECE.fullmatch(piece):  # SentencePiece byte fallback
         return bytes([int(match.group(1), 16)])
     return piece.replace("\u2581", " ").encode()
+
+
+def same_vocabulary(first, second) -> bool:
+    """Whether two tokenizers map the same strings to the same ids (then a teacher's
+    token ids and top-k are the student's too)."""
+    return first is second or first.get_vocab() == second.get_vocab()

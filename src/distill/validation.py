@@ -5,17 +5,21 @@ One measure for every choice made before notebook 03 reports: which pruning reci
 It reads only what stage 01 stored (no teacher in memory, so it works for a teacher
 behind an API too): forward KL over the teacher's top-k plus the tail bucket (the
 quantity offline KD trains on) and top-1 agreement with the teacher's most likely
-token. The validation slice is split off the training samples, never the held-out
+token. For a student with another tokenizer, the same over the one-to-one spans
+with the teacher's top-k mapped onto its tokens (distill.cross_tokenizer). The
+validation slice is split off the training samples, never the held-out
 prompts or prose that 03 reports on.
 """
 
 from __future__ import annotations
 
 import random
+from math import inf
 from pathlib import Path
 
 import torch
 
+from .alignment import ONE_TO_ONE, batch_mapped
 from .losses import IGNORE_INDEX, forward_kl, topk_divergence
 from .runs import CHECKPOINTS, atomic_dir
 from .samples import Example, collate
@@ -34,11 +38,15 @@ def topk_fidelity(model, examples: list[Example], pad_id: int, batch_size: int =
                        attention_mask=batch["attention_mask"].to(model.device)
                        ).logits[:, :-1].float().cpu()
         keep = batch["labels"] != IGNORE_INDEX
-        count = int(keep.sum())
-        kl_sum += float(topk_divergence(forward_kl, logits, batch["topk_ids"],
-                                        batch["topk_logprobs"], batch["labels"])) * count
+        if "cross_kind" in batch:  # another tokenizer: one-to-one spans, mapped top-k
+            keep &= (batch["cross_kind"] == ONE_TO_ONE) & (batch["topk_logprobs"][..., 0] > -inf)
+            kl_sum += float(batch_mapped(logits, batch["labels"], batch).sum())
+        else:
+            kl_sum += float(topk_divergence(forward_kl, logits, batch["topk_ids"],
+                                            batch["topk_logprobs"], batch["labels"])
+                            ) * int(keep.sum())
         agree += int(((logits.argmax(-1) == batch["topk_ids"][..., 0]) & keep).sum())
-        tokens += count
+        tokens += int(keep.sum())
     model.train(was_training)
     return {"kl": kl_sum / max(tokens, 1), "top1_agreement": agree / max(tokens, 1),
             "tokens": tokens}

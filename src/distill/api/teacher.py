@@ -7,7 +7,11 @@ API's limit); the answer becomes a sample in the schema of `distill.samples`:
 
 * token ids, where the endpoint's tokens map onto the student's tokenizer (their
   bytes, see `distill.token_bytes`); then the top-k log-probs too, for token-level KD;
-* otherwise the text alone, re-tokenized for the student (sequence-level KD).
+* otherwise the text alone, re-tokenized for the student (sequence-level KD);
+* and either way, wherever the top-k came back, the teacher's own tokens as bytes with
+  their log-probs, and the bytes of every top-k alternative (schema 2, `token_fields`):
+  a student with another tokenizer aligns them with its own tokens by bytes
+  (`distill.alignment`), so a vendor's endpoint still serves token-level KD.
 
 Requests run `concurrency` at a time through `distill.api.client` (retries,
 cache, request log); a prompt that still fails is left out of its shard and a
@@ -59,12 +63,15 @@ def chat_request(endpoint: Endpoint, messages: list[dict], max_new_tokens: int, 
 
 def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
                        stop_ids: set[int]) -> dict:
-    """completion_ids, completion text, finish_reason and (where every token maps to the
-    student's tokenizer and k alternatives came back) the top-k log-probs."""
+    """completion_ids, completion text, finish_reason, (where every token maps to the
+    student's tokenizer and k alternatives came back) the top-k log-probs, and (where k
+    alternatives came back, whatever the endpoint's tokenizer) its tokens' bytes."""
     choice = response["choices"][0]
     text = choice["message"].get("content") or ""
     finish_reason = choice.get("finish_reason") or "stop"
     content = (choice.get("logprobs") or {}).get("content") or []
+    sample = {"completion": text, "finish_reason": finish_reason,
+              **token_fields(content, k, vocab, text)}
     # A server that cannot show a token's bytes (a piece of a character, decoded alone) may
     # name it U+FFFD (vLLM before PR 28874 without --return-tokens-as-token-ids, ollama):
     # unless the answer holds a U+FFFD, that is a stand-in, not the tokenizer's U+FFFD token.
@@ -74,22 +81,71 @@ def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
     if content and None not in ids:
         topk_ids, topk_logprobs = [], []
         for entry in content:
-            alternatives = sorted(((vocab.lookup(a["token"], a.get("bytes")), a["logprob"])
-                                   for a in entry.get("top_logprobs") or []),
-                                  key=lambda pair: -pair[1])[:k]
+            alternatives = [(vocab.lookup(a["token"], a.get("bytes")), a["logprob"])
+                            for a in _best(entry, k)]
             if k == 0 or len(alternatives) < k or any(i is None for i, _ in alternatives):
                 topk_ids = topk_logprobs = []
                 break
             topk_ids.append([i for i, _ in alternatives])
             topk_logprobs.append([lp for _, lp in alternatives])
-        return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
-                "topk_ids": topk_ids, "topk_logprobs": topk_logprobs}
+        return {**sample, "completion_ids": ids, "topk_ids": topk_ids,
+                "topk_logprobs": topk_logprobs}
     # Text only: the student's tokens for it, ending as the local backend's answers end.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if finish_reason == "stop" and stop_ids and (not ids or ids[-1] not in stop_ids):
         ids.append(min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id)
-    return {"completion_ids": ids, "completion": text, "finish_reason": finish_reason,
-            "topk_ids": [], "topk_logprobs": []}
+    return {**sample, "completion_ids": ids, "topk_ids": [], "topk_logprobs": []}
+
+
+def _best(entry: dict, k: int) -> list[dict]:
+    """A log-prob entry's alternatives, most likely first, at most k (vLLM lists the
+    chosen token first wherever it ranks)."""
+    return sorted(entry.get("top_logprobs") or [], key=lambda a: -a["logprob"])[:k]
+
+
+def token_fields(content: list[dict], k: int, vocab: TokenBytes, text: str) -> dict:
+    """The schema-2 fields of an answer from its log-prob entries: `completion_bytes` (the
+    bytes each token adds to the text), `completion_logprobs` and `topk_bytes` (the bytes
+    of the k best alternatives, most likely first). Recorded whether or not the tokens map
+    onto `vocab`; all empty unless k > 0 and k alternatives came back for every token, and
+    empty too where some bytes are unknown (a U+FFFD stand-in, an id beyond `vocab`)."""
+    tops = [_best(entry, k) for entry in content]
+    listed = [*content, *(a for top in tops for a in top)]
+    chosen = [_entry_bytes(entry, vocab) for entry in content]
+    alternatives = [[_entry_bytes(a, vocab) for a in top] for top in tops]
+    if (not content or k == 0 or any(len(top) < k for top in tops)
+            or ("\ufffd" not in text and any(map(_names_replacement_char, listed)))
+            or None in chosen or any(None in row for row in alternatives)):
+        return {"completion_bytes": [], "completion_logprobs": [], "topk_bytes": []}
+    return {"completion_bytes": _written(chosen, text.encode()),
+            "completion_logprobs": [entry["logprob"] for entry in content],
+            "topk_bytes": alternatives}
+
+
+def _entry_bytes(entry: dict, vocab: TokenBytes) -> bytes | None:
+    """The bytes of the token a log-prob entry names: by id (`token_id:<N>`: that id's in
+    `vocab`), else its `bytes`, else its text UTF-8 encoded; b"" for a special token of
+    `vocab` (it writes no text, as `TokenBytes.text_bytes` has it); None for no id of `vocab`."""
+    if entry["token"].startswith(TOKEN_ID_PREFIX):
+        token_id = vocab.lookup(entry["token"], None)
+        return None if token_id is None else vocab.text_bytes([token_id])[0]
+    data = entry.get("bytes")
+    data = bytes(data) if data is not None else entry["token"].encode()
+    return b"" if vocab.bytes_to_id.get(data) in vocab.special_ids else data
+
+
+def _written(tokens: list[bytes], text: bytes) -> list[bytes]:
+    """The bytes each token adds to the answer's text: none for a token the text does not
+    go on with where it stands: a special token of another tokenizer than the student's
+    (the end of the answer, which `distill serve` lists and the text leaves out). Tokens
+    that do not spell out the text even so (a piece of a character, which the text shows
+    as U+FFFD) keep their own bytes."""
+    written, at = [], 0
+    for data in tokens:
+        matches = text.startswith(data, at)
+        written.append(data if matches else b"")
+        at += len(data) if matches else 0
+    return written if at == len(text) else tokens
 
 
 def _names_replacement_char(entry: dict) -> bool:

@@ -15,7 +15,11 @@ from ..generation import generate
 from ..losses import IGNORE_INDEX, distillation_loss
 from ..models import layer_outputs
 from ..params import StudentTrainingParams
-from ..samples import Example
+from ..samples import CROSS_FIELDS, Example
+
+# what a batch holds of the teacher: its cached top-k, and, for a student with another
+# tokenizer, the aligned signal (distill.cross_tokenizer)
+TEACHER_FIELDS = ("topk_ids", "topk_logprobs", *(field[0] for field in CROSS_FIELDS))
 
 
 def on_policy_examples(student, tokenizer, examples: list[Example], max_new_tokens: int,
@@ -54,7 +58,9 @@ def micro_batch_loss(session, batch: dict, config: StudentTrainingParams, *,
     # skips most prompt positions: that head is a third of this model's compute.
     start = int((batch["labels"] != IGNORE_INDEX).float().argmax(-1).min())
     keep = batch["input_ids"].shape[1] - start
-    head_weight = plain_head_weight(student, session.accelerator)
+    # the cross-tokenizer objectives read the whole distribution at chosen positions
+    head_weight = None if config.cross_objective else \
+        plain_head_weight(student, session.accelerator)
     with _capture(student, hidden, 0) as student_hidden:
         if head_weight is not None:  # the head is projected with the loss, in chunks
             student_output = student(**inputs, output_hidden_states=True, logits_to_keep=1)
@@ -67,8 +73,7 @@ def micro_batch_loss(session, batch: dict, config: StudentTrainingParams, *,
                 _capture(teacher, hidden, 1) as teacher_hidden:
             teacher_output = teacher(**inputs, logits_to_keep=keep).logits[:, :-1]
     signal = {"logits": teacher_output if teacher_logits else None,
-              "topk_ids": batch["topk_ids"][:, start:],
-              "topk_logprobs": batch["topk_logprobs"][:, start:]}
+              **{key: batch[key][:, start:] for key in TEACHER_FIELDS if key in batch}}
     objective = {"ce_weight": config.ce_weight, "kd_weight": config.kd_weight,
                  "temperature": config.temperature, "kd_loss": config.kd_loss,
                  "options": config.objective_options}

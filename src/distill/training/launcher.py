@@ -37,36 +37,49 @@ class TrainingFailed(RuntimeError):
     """The launched training processes exited with an error."""
 
 
-def transfer_set(run_dir: Path, config: StudentTrainingParams, seed: int):
+def transfer_set(run_dir: Path, config: StudentTrainingParams, seed: int, tokenizer=None):
     """(training examples, validation slices) from the run folder's samples: the same
     in the notebook and in every child process. The 'val' slice is split off the
     training samples (seeded); 'prose' is the teacher-scored validation prose. Stage
-    03's held-out prompts and prose stay unseen."""
+    03's held-out prompts and prose stay unseen. `tokenizer`: the student's, where the
+    samples must be re-read in its tokens (another tokenizer than the teacher's, or a
+    cross-tokenizer objective; see distill.cross_tokenizer); None reads the teacher's."""
+    from ..cross_tokenizer import cross_examples
     from ..params import SOURCES
     from ..samples import build_examples, read_samples
     from ..validation import split_validation
 
-    # offline token-level KD reads the cached top-k; samples of a text-only teacher lack it
-    examples = build_examples(read_samples(run_dir, split="train", sources=SOURCES),
-                              need_topk=config.needs_topk)
+    samples = read_samples(run_dir, split="train", sources=SOURCES)
+    if tokenizer is not None:
+        stats = {}
+        examples = cross_examples(samples, tokenizer, config.cross_objective, stats)
+        print(f"re-read in the student's tokens: {stats['examples']} chat samples (left "
+              f"out: {stats['skipped']}); teacher tokens in one-to-one spans "
+              f"{stats['coverage']['one_to_one']:.3f}, longer spans "
+              f"{stats['coverage']['multi_token']:.3f}, unaligned "
+              f"{stats['coverage']['unaligned']:.3f}")
+    else:  # offline token-level KD reads the cached top-k; text-only samples lack it
+        examples = build_examples(samples, need_topk=config.needs_topk)
     slices = {}
     if config.validation_size:
         examples, slices["val"] = split_validation(examples, config.validation_size, seed)
         prose = read_samples(run_dir, sources=("validation",))
-        if len(prose):
+        if len(prose) and tokenizer is None:  # the prose is in the teacher's tokens only
             slices["prose"] = build_examples(prose, need_topk=True)
     return examples, slices
 
 
-def write_job(run_dir: Path, config: StudentTrainingParams, seed: int, teacher: str) -> Path:
+def write_job(run_dir: Path, config: StudentTrainingParams, seed: int, teacher: str,
+              student_tokens: bool = False) -> Path:
     """The job the child processes run. `config.mixed_precision` must already hold the
-    run's choice, so no child probes the CPU again."""
+    run's choice, so no child probes the CPU again. `student_tokens`: the samples are
+    re-read in the student's tokens (see `transfer_set`)."""
     if config.mixed_precision is None:
         raise ValueError("resolve student_training.mixed_precision (precision.autocast_mode) "
                          "before writing the training job")
     path = Path(run_dir) / TRAINING_JOB
     write_json(path, {"student_training": dataclasses.asdict(config), "seed": seed,
-                      "teacher": teacher})
+                      "teacher": teacher, "student_tokens": student_tokens})
     return path
 
 
@@ -93,15 +106,15 @@ def launch_command(run_dir: Path, config: StudentTrainingParams, port: int | Non
 
 
 def launch(run_dir: Path, config: StudentTrainingParams, *, seed: int, teacher: str,
-           port: int | None = None):
+           port: int | None = None, student_tokens: bool = False):
     """Train under `accelerate launch` with `config.processes` processes and return the
     log (a DataFrame). Progress shows as one bar; the children's other lines pass
     through. On failure raises TrainingFailed with their last lines; the checkpoints
-    stay, so launching again resumes."""
+    stay, so launching again resumes. `student_tokens`: see `write_job`."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    write_job(run_dir, config, seed, teacher)
+    write_job(run_dir, config, seed, teacher, student_tokens)
     command = launch_command(run_dir, config, port)
     environment = dict(os.environ)
     # the mixed precision comes from the job (the run's choice), not from the launcher
@@ -180,7 +193,8 @@ def _run_job(run_dir: Path) -> None:
     # on the CPU: `prepare` moves each process's copy to its own device (GPU i)
     student, tokenizer = load_model(str(run_dir / STUDENT_INIT), device="cpu")
     teacher = load_model(job["teacher"], device="cpu")[0] if config.needs_teacher else None
-    examples, validation = transfer_set(run_dir, config, job["seed"])
+    examples, validation = transfer_set(run_dir, config, job["seed"],
+                                        tokenizer if job.get("student_tokens") else None)
 
     def report(row: dict, total_steps: int) -> None:
         print(PROGRESS + json.dumps({"step": row["step"], "total_steps": total_steps,
