@@ -9,9 +9,14 @@ over the texts and over its whole vocabulary, exist in the student's vocabulary
 
     python benchmarks/alignment_coverage.py [--texts outputs/<run>]
         [--models gemma3-270m,smollm2-135m-instruct]
+    python benchmarks/alignment_coverage.py --served 64 [--models ...]
 
 Texts: the teacher answers (`completion`) of a run folder's samples, or by default
-the validation prose shipped with distill.
+the validation prose shipped with distill. With `--served N`, the first model is a
+teacher behind an API instead: `distill serve` serves it on loopback, stage 01's API
+backend samples N prompts from it (as params/cross/gemma-to-smollm2.yaml does
+locally), and the coverage is that of the tokens and bytes the endpoint returned,
+re-read in the second model's tokens as stage 02 does (distill.cross_tokenizer).
 """
 
 import argparse
@@ -29,11 +34,53 @@ def texts_from(source: str | None) -> list[str]:
     return [t for t in read_samples(Path(source))["completion"].tolist() if t]
 
 
+def served(count: int, teacher: str, student: str) -> None:
+    import tempfile
+
+    from distill.api.teacher import sample_endpoint
+    from distill.cross_tokenizer import cross_examples
+    from distill.data import load_prompts, split_prompts
+    from distill.models import load_tokenizer, resolve_model_path
+    from distill.params import load_params
+    from distill.samples import read_samples
+    from distill.testing import launch
+
+    process, url = launch(teacher)
+    try:
+        params = load_params(Path(__file__).parents[1] / "params/cross/gemma-to-smollm2.yaml",
+                             ["teacher_sampling.backend=openai",
+                              f"teacher_sampling.base_url={url}/v1",
+                              "teacher_sampling.request_cache=false"])
+        train, _ = split_prompts(load_prompts(), 0, seed=0, train_size=count)
+        with tempfile.TemporaryDirectory() as run_dir:
+            started = time.perf_counter()
+            sample_endpoint(params.teacher_sampling, teacher,
+                            load_tokenizer(resolve_model_path(teacher)), train, [],
+                            Path(run_dir), seed=0)
+            seconds = time.perf_counter() - started
+            frame = read_samples(Path(run_dir))
+    finally:
+        process.terminate()
+    with_bytes = int(sum(len(b) > 0 for b in frame["completion_bytes"]))
+    stats = {}
+    cross_examples(frame, load_tokenizer(resolve_model_path(student)), True, stats)
+    coverage = stats["coverage"]
+    print(f"{teacher} served by distill serve, {len(frame)} answers in {seconds:.0f} s, "
+          f"{with_bytes} with token bytes and top-k; re-read in {student}'s tokens:")
+    print(f"  one-to-one spans {coverage['one_to_one']:.3f}   multi-token spans "
+          f"{coverage['multi_token']:.3f}   unaligned {coverage['unaligned']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--texts", default=None, help="a run folder (default: shipped prose)")
     parser.add_argument("--models", default="gemma3-270m,smollm2-135m-instruct")
+    parser.add_argument("--served", type=int, default=0,
+                        help="prompts to sample from the first model behind distill serve")
     args = parser.parse_args()
+    if args.served:
+        served(args.served, *args.models.split(","))
+        return
 
     from distill.alignment import align_spans
     from distill.models import load_tokenizer, resolve_model_path

@@ -102,14 +102,16 @@ def test_an_api_teacher_with_another_tokenizer_aligns_as_the_local_one(
     _, gemma, url = served
     api = sample_through_api(url, teacher_tokenizer, prompts, tmp_path)  # SmolLM2's student
     assert list(api["prompt_id"]) == list(local["prompt_id"]) and len(api) == 6
-    # the setting holds what it should: answers that stop, and special tokens of Gemma's
-    # in the middle of answers and among the alternatives
-    assert "stop" in set(local["finish_reason"])
+    # the setting holds what it should: answers that stop, special tokens of Gemma's in
+    # the middle of answers (they write no text) and among the alternatives
     gemma_vocab = TokenBytes(gemma)
-    specials = [[i in gemma_vocab.special_ids for i in ids]
-                for column in ("completion_ids", "topk_ids") for row in local[column]
-                for ids in (row if column == "topk_ids" else [row])]
-    assert sum(map(sum, specials)) > len(local)
+
+    def specials(ids) -> int:
+        return sum(i in gemma_vocab.special_ids for i in ids)
+
+    assert "stop" in set(local["finish_reason"])
+    assert sum(specials(ids[:-1]) for ids in local["completion_ids"]) > 0
+    assert sum(specials(row) for rows in local["topk_ids"] for row in rows) > 0
     # Gemma's tokens are not the student's: ids from the text, no top-k ids, yet the bytes
     assert (api["topk_ids"].map(len) == 0).all()
     assert list(api["completion"]) == list(local["completion"])
@@ -133,15 +135,15 @@ def test_an_api_teacher_with_another_tokenizer_aligns_as_the_local_one(
             compared += 1
     assert compared >= 0.9 * sum(map(len, local["topk_bytes"]))
 
-    student = TokenBytes(teacher_tokenizer)
+    student, aligned = TokenBytes(teacher_tokenizer), 0
     for ours, theirs in zip(api["completion_bytes"], local["completion_bytes"]):
         text = b"".join(theirs).decode("utf-8", "replace")
         student_bytes = student.text_bytes(
             teacher_tokenizer(text, add_special_tokens=False)["input_ids"])
         spans = align_spans(list(ours), student_bytes)
         assert spans == align_spans(list(theirs), student_bytes)
-        print('ROW', len(spans[0]), spans[1:], len(theirs), list(theirs)[:3], student_bytes[:3])
-    assert 0
+        aligned += spans[1]
+    assert aligned >= 0.8 * sum(map(len, local["completion_bytes"]))
 
 
 def test_an_api_teacher_with_the_same_tokenizer_gives_the_local_samples(served, local,

@@ -352,12 +352,33 @@ def test_tokens_of_another_tokenizer_are_recorded_as_bytes(teacher_tokenizer):
     result = _sample(_answer("Blue 日本語.", entries), teacher_tokenizer)
     expected = teacher_tokenizer("Blue 日本語.", add_special_tokens=False)["input_ids"]
     assert result["completion_ids"] == expected + [teacher_tokenizer.eos_token_id]
-    assert result["topk_ids"] == [] and result["topk_logprobs"] == []
+    # no ids for the top-k, but its log-probs, with their bytes, for an aligning student
+    assert result["topk_ids"] == [] and len(result["topk_logprobs"]) == 4
+    assert result["topk_logprobs"][0] == [-0.5, -1.5]
     assert result["completion_bytes"] == [b"Blue", " 日本語".encode(), b".", b""]
     assert result["completion_logprobs"] == [-0.5, -0.25, -0.1, -0.05]
     # "<|im_end|>" is a special token of the student's: it writes no text
     assert result["topk_bytes"] == [[b"Blue", b"Red"], [" 日本語".encode(), b" sky"],
                                     [b".", b"!"], [b"<end_of_turn>", b""]]
+
+
+def test_pieces_of_characters_keep_their_bytes(teacher_tokenizer):
+    """Tokens holding pieces of a character (named by their bytes, as `distill serve` names
+    them) add those pieces, the end-of-turn token after them adds nothing; and pieces that
+    make no character (an answer cut short) are the answer's U+FFFD."""
+    def piece(data: bytes, logprob: float) -> dict:
+        name = data.decode("utf-8", "replace")  # a piece alone: U+FFFD
+        return _entry(name, logprob, data, [_entry(name, logprob, data),
+                                            _entry("x", logprob - 1, b"x")])
+
+    entries = [piece(b"\xe6\x97", -0.5), piece(b"\xa5", -0.1), piece("本.".encode(), -0.2),
+               piece(b"<end_of_turn>", -0.3)]
+    result = _sample(_answer("日本.", entries), teacher_tokenizer)
+    assert result["completion_bytes"] == [b"\xe6\x97", b"\xa5", "本.".encode(), b""]
+    assert result["topk_bytes"][0] == [b"\xe6\x97", b"x"]
+    cut_short = [piece("日".encode(), -0.1), piece(b"\xe6\x97", -0.4)]
+    result = _sample(_answer("日\ufffd", cut_short, "length"), teacher_tokenizer)
+    assert result["completion_bytes"] == ["日".encode(), b"\xe6\x97"]
 
 
 def test_tokens_named_by_id_take_the_bytes_of_the_id(teacher_tokenizer):

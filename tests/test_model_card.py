@@ -144,3 +144,17 @@ def test_write_model_card_writes_readme(tmp_path):
     assert _front(text)["license"] == "mit"  # the teacher's, when none is given
     assert "## Metrics" in text and "## How to use" in text and "## Limitations" in text
     assert not [p for p in student.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_usage_follows_the_students_tokenizer(tmp_path):
+    """A student whose tokenizer has no chat template (a base model's) is shown on plain
+    text: apply_chat_template would fail there."""
+    from distill.model_card import write_model_card
+
+    (tmp_path / "tokenizer_config.json").write_text("{}")
+    kwargs = {"teacher": "smollm2-135m-instruct", "student_name": "s", "params": {},
+              "metrics": {"models": {}}}
+    card = write_model_card(tmp_path, **kwargs).read_text()
+    assert "apply_chat_template" not in card and 'tokenizer("What is' in card
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+    assert "apply_chat_template" in write_model_card(tmp_path, **kwargs).read_text()

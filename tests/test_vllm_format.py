@@ -292,10 +292,12 @@ def assert_token_level(server: FakeVllm, row: dict, key: str):
 
 
 def assert_text_only(tokenizer, row: dict, text: str):
-    """The text-only fallback: the text re-tokenized, then EOS; no top-k."""
+    """The text-only fallback: the text re-tokenized, then EOS; no top-k ids (its
+    log-probs only where the tokens' bytes were recorded, for an aligning student)."""
     assert row["completion"] == text
     assert row["completion_ids"] == encode(tokenizer, text)
-    assert row["topk_ids"] == [] and row["topk_logprobs"] == []
+    assert row["topk_ids"] == []
+    assert len(row["topk_logprobs"]) == len(row["topk_bytes"])
 
 
 def test_the_client_asks_vllm_for_top_k_logprobs(served):

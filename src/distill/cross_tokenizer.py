@@ -79,7 +79,8 @@ def cross_examples(samples: pd.DataFrame, tokenizer, need_alignment: bool,
             skipped["not chat"] += 1
             continue
         recorded = [bytes(b) for b in row.completion_bytes]
-        aligned = bool(recorded and len(row.topk_bytes) and len(row.completion_logprobs))
+        aligned = bool(recorded and len(row.topk_bytes) and len(row.completion_logprobs)
+                       and len(row.topk_logprobs))
         if need_alignment and not aligned:
             skipped["no bytes"] += 1
             continue
@@ -100,9 +101,12 @@ def cross_examples(samples: pd.DataFrame, tokenizer, need_alignment: bool,
             empty = [[] for _ in completion]
             examples.append(Example(prompt + completion, labels, empty, empty, "chat"))
     if stats is not None:
+        # shares of all the teacher's tokens (each sample weighs by its length)
+        weights = [share["tokens"] for share in shares]
         stats.update(skipped=skipped, examples=len(examples),
-                     coverage={key: float(np.mean([s[key] for s in shares])) if shares else
-                               math.nan for key in ("one_to_one", "multi_token", "unaligned")})
+                     coverage={key: float(np.average([s[key] for s in shares], weights=weights))
+                               if sum(weights) else math.nan
+                               for key in ("one_to_one", "multi_token", "unaligned")})
     if not examples:
         raise ValueError(f"no training examples for the student's tokenizer (skipped: {skipped}); "
                          "cross-tokenizer objectives need samples of schema 2 with top-k "
@@ -143,4 +147,4 @@ def _aligned_signal(row, teacher_bytes: list[bytes], completion: list[int],
             signal["topk_ids"][first] = mapped_ids[mapped].tolist()
             signal["topk_logprobs"][first] = mapped_logprobs[mapped].tolist()
             mapped += 1
-    return signal, coverage(spans, len(teacher_bytes))
+    return signal, {**coverage(spans, len(teacher_bytes)), "tokens": len(teacher_bytes)}

@@ -9,6 +9,7 @@ re-run), a snippet to use it, and its limitations.
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from pathlib import Path
@@ -116,24 +117,31 @@ def _made(params: dict, environment: dict | None) -> list[str]:
     ]
 
 
-USAGE = '''```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
-folder = "path/to/this/folder"  # or its Hub id once published
-tokenizer = AutoTokenizer.from_pretrained(folder)
-model = AutoModelForCausalLM.from_pretrained(folder)
-messages = [{"role": "user", "content": "What is knowledge distillation?"}]
-inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                       return_tensors="pt", return_dict=True)
-output = model.generate(**inputs, max_new_tokens=64)
-print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
-```'''
+def usage(chat: bool) -> str:
+    """How to run the student with transformers: through its chat template, or (a
+    tokenizer without one, such as a base model's) on plain text."""
+    if chat:
+        prompt = (
+            'messages = [{"role": "user", "content": "What is knowledge distillation?"}]\n'
+            "inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True,\n"
+            '                                       return_tensors="pt", return_dict=True)')
+    else:  # no chat template: the prompt is plain text, as the suite gave it
+        prompt = 'inputs = tokenizer("What is knowledge distillation?\\n", return_tensors="pt")'
+    return "\n".join([
+        "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+        'folder = "path/to/this/folder"  # or its Hub id once published',
+        "tokenizer = AutoTokenizer.from_pretrained(folder)",
+        "model = AutoModelForCausalLM.from_pretrained(folder)", prompt,
+        "output = model.generate(**inputs, max_new_tokens=64)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], '
+        "skip_special_tokens=True))", "```"])
 
 
 def render_model_card(*, teacher: str, student_name: str, params: dict, metrics: dict,
-                      environment: dict | None = None, license: str | None = None) -> str:
+                      environment: dict | None = None, license: str | None = None,
+                      chat: bool = True) -> str:
     """README.md text for the student folder: front matter, how it was made, metrics,
-    usage and limitations."""
+    usage (`chat`: the student's tokenizer has a chat template) and limitations."""
     base = _base_model(teacher)
     front = yaml.safe_dump({"base_model": base, "tags": ["distillation", "distill"],
                             "license": license or "other", "pipeline_tag": "text-generation",
@@ -146,7 +154,7 @@ def render_model_card(*, teacher: str, student_name: str, params: dict, metrics:
         "teacher's own completions.",
         "## How it was made", "\n".join(_made(params, environment)),
         "## Metrics", metrics_table(metrics),
-        "## How to use", USAGE,
+        "## How to use", usage(chat),
         "## Limitations",
         "The figures above are measured on the suite's held-out prompts and prose, not on "
         "a broad benchmark; the student inherits the teacher's limitations and biases.",
@@ -159,6 +167,10 @@ def write_model_card(folder: str | Path, **kwargs) -> Path:
     license defaults to the teacher's. Returns the path."""
     if kwargs.get("license") is None:
         kwargs["license"] = teacher_license(kwargs["teacher"])
+    if "chat" not in kwargs:  # a tokenizer without a chat template takes plain text
+        config = Path(folder) / "tokenizer_config.json"
+        kwargs["chat"] = (Path(folder) / "chat_template.jinja").exists() or (
+            config.exists() and "chat_template" in json.loads(config.read_text()))
     path = Path(folder) / "README.md"
     with atomic_file(path) as handle:
         handle.write(render_model_card(**kwargs))

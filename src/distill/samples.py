@@ -3,7 +3,8 @@
 A sample is one row per prompt in Parquet (`SAMPLE_SCHEMA`): the chat, the token
 ids of prompt and completion under the teacher's tokenizer, the decoded
 completion and, per completion token, the teacher's k most likely next tokens
-and their log-probs (empty for a text-only teacher). Since schema 2 every
+and their log-probs (empty for a text-only teacher; an API teacher of another
+tokenizer gives the log-probs without ids). Since schema 2 every
 completion token also comes with its bytes and the teacher's log-prob of it, and
 every top-k alternative with its bytes: what a student with another tokenizer
 needs to align the teacher's tokens with its own (`distill.alignment`), with the

@@ -21,6 +21,7 @@ notebook: check, sample, and the health report.
 
 from __future__ import annotations
 
+import codecs
 import concurrent.futures
 import hashlib
 from pathlib import Path
@@ -64,8 +65,9 @@ def chat_request(endpoint: Endpoint, messages: list[dict], max_new_tokens: int, 
 def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
                        stop_ids: set[int]) -> dict:
     """completion_ids, completion text, finish_reason, (where every token maps to the
-    student's tokenizer and k alternatives came back) the top-k log-probs, and (where k
-    alternatives came back, whatever the endpoint's tokenizer) its tokens' bytes."""
+    student's tokenizer and k alternatives came back) the top-k ids, and (where k
+    alternatives came back, whatever the endpoint's tokenizer) its tokens' bytes with
+    the top-k log-probs."""
     choice = response["choices"][0]
     text = choice["message"].get("content") or ""
     finish_reason = choice.get("finish_reason") or "stop"
@@ -88,13 +90,17 @@ def response_to_sample(response: dict, k: int, vocab: TokenBytes, tokenizer,
                 break
             topk_ids.append([i for i, _ in alternatives])
             topk_logprobs.append([lp for _, lp in alternatives])
-        return {**sample, "completion_ids": ids, "topk_ids": topk_ids,
-                "topk_logprobs": topk_logprobs}
+        if topk_ids:
+            return {**sample, "completion_ids": ids, "topk_ids": topk_ids,
+                    "topk_logprobs": topk_logprobs}
+        return {**sample, "completion_ids": ids, "topk_ids": []}
     # Text only: the student's tokens for it, ending as the local backend's answers end.
+    # The top-k log-probs stay where their bytes came (a student of another tokenizer
+    # aligns them; see distill.cross_tokenizer), without ids.
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if finish_reason == "stop" and stop_ids and (not ids or ids[-1] not in stop_ids):
         ids.append(min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id)
-    return {**sample, "completion_ids": ids, "topk_ids": [], "topk_logprobs": []}
+    return {**sample, "completion_ids": ids, "topk_ids": []}
 
 
 def _best(entry: dict, k: int) -> list[dict]:
@@ -116,10 +122,12 @@ def token_fields(content: list[dict], k: int, vocab: TokenBytes, text: str) -> d
     if (not content or k == 0 or any(len(top) < k for top in tops)
             or ("\ufffd" not in text and any(map(_names_replacement_char, listed)))
             or None in chosen or any(None in row for row in alternatives)):
-        return {"completion_bytes": [], "completion_logprobs": [], "topk_bytes": []}
-    return {"completion_bytes": _written(chosen, text.encode()),
+        return {"completion_bytes": [], "completion_logprobs": [], "topk_bytes": [],
+                "topk_logprobs": []}
+    return {"completion_bytes": _written(chosen, text),
             "completion_logprobs": [entry["logprob"] for entry in content],
-            "topk_bytes": alternatives}
+            "topk_bytes": alternatives,
+            "topk_logprobs": [[a["logprob"] for a in top] for top in tops]}
 
 
 def _entry_bytes(entry: dict, vocab: TokenBytes) -> bytes | None:
@@ -134,18 +142,24 @@ def _entry_bytes(entry: dict, vocab: TokenBytes) -> bytes | None:
     return b"" if vocab.bytes_to_id.get(data) in vocab.special_ids else data
 
 
-def _written(tokens: list[bytes], text: bytes) -> list[bytes]:
-    """The bytes each token adds to the answer's text: none for a token the text does not
-    go on with where it stands: a special token of another tokenizer than the student's
-    (the end of the answer, which `distill serve` lists and the text leaves out). Tokens
-    that do not spell out the text even so (a piece of a character, which the text shows
-    as U+FFFD) keep their own bytes."""
-    written, at = [], 0
+def _written(tokens: list[bytes], text: str) -> list[bytes]:
+    """The bytes each token adds to the answer's text: none for a token whose text the
+    answer does not go on with where it stands, a special token of another tokenizer than
+    the student's (the end of the answer, which `distill serve` lists and the text leaves
+    out). Pieces of a character go on with it (or with its U+FFFD, where they make none).
+    Tokens that do not spell out the text even so keep their own bytes."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    written, shown = [], ""
     for data in tokens:
-        matches = text.startswith(data, at)
-        written.append(data if matches else b"")
-        at += len(data) if matches else 0
-    return written if at == len(text) else tokens
+        state = decoder.getstate()
+        more = decoder.decode(data)  # "" for a piece of a character, until it completes
+        if text.startswith(more, len(shown)):
+            written.append(data)
+            shown += more
+        else:
+            decoder.setstate(state)
+            written.append(b"")
+    return written if shown + decoder.decode(b"", final=True) == text else tokens
 
 
 def _names_replacement_char(entry: dict) -> bool:
