@@ -198,4 +198,19 @@ def test_params_name_the_cross_objectives_where_tokenizers_differ(tmp_path):
         load_params(path, ["student_training.kd_loss=span_kl", "student_training.lmbda=0.5"])
     with pytest.raises(ParamsError, match="temperature"):
         load_params(path, ["student_training.kd_loss=hybrid", "student_training.temperature=2"])
-    assert not math.isnan(0.0)
+
+
+def test_a_teacher_string_the_student_lacks_goes_to_its_first_token(teacher_tokenizer):
+    student = cross_tokenizer.StudentVocabulary(teacher_tokenizer)
+    word = b" Questioningly"
+    spelled = teacher_tokenizer(" Questioningly", add_special_tokens=False)["input_ids"]
+    assert word not in student.ids and len(spelled) > 1
+    assert student.get(word) == spelled[0]
+    assert student.get(b" the") == student.vocab.bytes_to_id[b" the"]  # shared: itself
+    assert student.get(b"") == teacher_tokenizer.eos_token_id  # the teacher's end
+    ids, logprobs, valid = alignment.map_topk(
+        [[(word, math.log(0.2)), (teacher_tokenizer.decode(spelled[:1]).encode(),
+                                  math.log(0.3))]], student, 3)
+    # both strings start with the same student token: one entry, their mass summed
+    assert ids[0, 0].item() == spelled[0] and valid.tolist() == [[True, False, False]]
+    assert logprobs[0, 0].exp().item() == pytest.approx(0.5)

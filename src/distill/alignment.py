@@ -141,12 +141,14 @@ def span_kl(teacher_span: torch.Tensor, student_span: torch.Tensor) -> torch.Ten
     return kl_divergence(buckets_t, buckets_s).mean()
 
 
-def map_topk(alternatives: list[list[tuple[bytes, float]]], student_ids: dict[bytes, int],
-             k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def map_topk(alternatives: list[list[tuple[bytes, float]]], student_ids, k: int
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The teacher's top-k at each position (bytes, log-prob) as student ids:
-    (ids, logprobs, valid), each (positions, k). A string the student's vocabulary lacks
-    is invalid (its mass joins the tail); strings that map to one student id (two
-    teacher spellings of the same bytes) are merged, their probabilities summed."""
+    (ids, logprobs, valid), each (positions, k). `student_ids.get(bytes)` names the
+    student id a teacher string goes to (a dict of the shared strings, or
+    cross_tokenizer.StudentVocabulary, which also sends a string to the first token of
+    the student's spelling of it), or None: then the entry is invalid and its mass joins
+    the tail. Strings that go to one student id are merged, their probabilities summed."""
     ids = torch.zeros(len(alternatives), k, dtype=torch.long)
     logprobs = torch.full((len(alternatives), k), -torch.inf)
     for row, entries in enumerate(alternatives):
