@@ -214,3 +214,15 @@ def test_a_teacher_string_the_student_lacks_goes_to_its_first_token(teacher_toke
     # both strings start with the same student token: one entry, their mass summed
     assert ids[0, 0].item() == spelled[0] and valid.tolist() == [[True, False, False]]
     assert logprobs[0, 0].exp().item() == pytest.approx(0.5)
+
+
+def test_added_tokens_that_are_text_keep_their_bytes(gemma_tokenizer):
+    """Gemma lists "\\n", "\\n\\n", runs of spaces among its added tokens, not flagged
+    special: they write text, so they keep their bytes (b"" would drop the newlines from
+    every re-read answer)."""
+    vocab = TokenBytes(gemma_tokenizer)
+    text = "One.\n\nTwo:\n    three\tfour  five"
+    ids = gemma_tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert any(i in gemma_tokenizer.added_tokens_decoder for i in ids)
+    assert b"".join(vocab.text_bytes(ids)) == text.encode()
+    assert vocab.text_bytes([gemma_tokenizer.eos_token_id]) == [b""]

@@ -67,8 +67,9 @@ class StudentVocabulary:
         """The student id for a teacher string: the same string where the student has
         it, else the first token of the student's own spelling of it (the student's
         probability of that token covers every text that starts with it, this one among
-        them: closer to the truth than counting the string's mass in the tail, which
-        lowered both tokenizer-free figures in the sweep); None for bytes that are not
+        them: closer to the truth than counting the string's mass in the tail, though
+        in the cross-tokenizer sweep the two measured alike: bits per byte 1.3901 vs
+        1.3914 for mapped_kl, 1.3910 vs 1.3886 for hybrid); None for bytes that are not
         whole characters."""
         if data in self.ids:
             return self.ids[data]

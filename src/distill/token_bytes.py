@@ -47,7 +47,10 @@ class TokenBytes:
         byte_level = all(c in BYTE_LEVEL for p in ordinary[:2000] for c in p)
         self.id_to_bytes = [_piece_bytes(piece or "", piece in special, byte_level)
                             for piece in pieces]
-        self.special_ids = {i for i, piece in enumerate(pieces) if piece in special}
+        # only tokens flagged special write no text: Gemma's added tokens include "\n\n"
+        flagged = {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()
+                   if getattr(t, "special", True)}
+        self.special_ids = {i for i, piece in enumerate(pieces) if piece in flagged}
         # Ordinary tokens first, so they win a tie with an added token spelled the same
         # way; within each group the lower id wins (SentencePiece's "▁" and "<0x20>"
         # are both a space: the space comes back as the first of them).
