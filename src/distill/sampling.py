@@ -19,17 +19,25 @@ from .samples import make_row, sample_shards
 from .token_bytes import TokenBytes
 
 
-def _row(prompt: dict, split: str, prompt_ids: list[int], out: dict, vocab: TokenBytes,
-         tokenizer) -> dict:
+def _row(prompt: dict, split: str, prompt_ids: list[int], out: dict,
+         vocab: TokenBytes | None, tokenizer) -> dict:
     """A sample from one generated (or scored) completion, with its tokens' bytes and the
     bytes of every top-k alternative (schema 2)."""
     ids = out["completion_ids"]
+    recorded = vocab is not None and out.get("topk_ids")  # bytes serve the top-k only
     return make_row(prompt, split, prompt_ids, ids,
                     tokenizer.decode(ids, skip_special_tokens=True),
                     out.get("topk_ids", []), out.get("topk_logprobs", []),
-                    out.get("finish_reason", "length"), vocab.text_bytes(ids),
-                    out["token_logprobs"],
-                    [vocab.text_bytes(row) for row in out.get("topk_ids", [])])
+                    out.get("finish_reason", "length"),
+                    vocab.text_bytes(ids) if recorded else [],
+                    out["token_logprobs"] if recorded else [],
+                    [vocab.text_bytes(row) for row in out["topk_ids"]] if recorded else [])
+
+
+def _token_bytes(tokenizer) -> TokenBytes | None:
+    """The tokenizer's tokens as bytes; None for one that cannot list its vocabulary (a
+    test double): its samples then carry no bytes."""
+    return TokenBytes(tokenizer) if hasattr(tokenizer, "convert_ids_to_tokens") else None
 
 
 def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run_dir: Path,
@@ -42,7 +50,7 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
         raise ValueError(f"teacher_sampling.top_k_logprobs={settings['top_k_logprobs']} "
                          f"exceeds the teacher's vocabulary ({vocab_size})")
 
-    vocab = TokenBytes(tokenizer)
+    vocab = _token_bytes(tokenizer)
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
@@ -67,7 +75,7 @@ def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path
     settings = {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": 1.0,
                 "top_p": 1.0, "top_k_logprobs": top_k_logprobs}
 
-    vocab = TokenBytes(tokenizer)
+    vocab = _token_bytes(tokenizer)
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + 7919 * (index + 1))  # apart from the chat shards' seeds
@@ -95,7 +103,7 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
     prompts = [{"prompt_id": key, "kind": source, "reference": None, "messages": []}
                for key in windows]
 
-    vocab = TokenBytes(tokenizer)
+    vocab = _token_bytes(tokenizer)
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         chosen = [windows[p["prompt_id"]] for p, _ in shard]
