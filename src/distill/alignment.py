@@ -274,26 +274,28 @@ def batch_uld(student_logits, labels, teacher: dict, kinds: tuple[int, ...]) -> 
                         teacher["raw_logprobs"].to(student_logits.device)[keep])
 
 
+def _mean(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.mean() if values.numel() else like.sum() * 0.0
+
+
+def _hybrid(student_logits, labels, teacher: dict, options: dict) -> torch.Tensor:
+    return hybrid(batch_mapped(student_logits, labels, teacher),
+                  batch_uld(student_logits, labels, teacher, (SPAN_START,)),
+                  options.get("kd_mapped_weight", 1.0), options.get("kd_uld_weight", 1.0))
+
+
 @dataclass(frozen=True)
 class CrossObjective:
-    """An objective for a student whose tokenizer is not the teacher's (see above)."""
+    """An objective for a student whose tokenizer is not the teacher's (see above):
+    `loss(student_logits, labels, teacher, options)`, called as distill.losses'
+    objectives are (temperature is ignored: params refuses T != 1)."""
 
     name: str
-    option: str | None = None  # kept for the same interface as DivergenceObjective
+    loss: object
 
     def __call__(self, student_logits, labels, teacher: dict, temperature: float = 1.0,
                  options: dict | None = None):
-        options = options or {}
-        if self.name == "span_kl":
-            return batch_span_kl(student_logits, labels, teacher)
-        if self.name == "mapped_kl":
-            return _mean(batch_mapped(student_logits, labels, teacher), student_logits)
-        if self.name == "uld":
-            return _mean(batch_uld(student_logits, labels, teacher, (ONE_TO_ONE, SPAN_START)),
-                         student_logits)
-        return hybrid(batch_mapped(student_logits, labels, teacher),
-                      batch_uld(student_logits, labels, teacher, (SPAN_START,)),
-                      options.get("kd_mapped_weight", 1.0), options.get("kd_uld_weight", 1.0))
+        return self.loss(student_logits, labels, teacher, options or {})
 
     def label(self, options: dict) -> str:
         if self.name == "hybrid":
@@ -302,9 +304,10 @@ class CrossObjective:
         return self.name
 
 
-def _mean(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return values.mean() if values.numel() else like.sum() * 0.0
-
-
-CROSS_OBJECTIVES = {name: CrossObjective(name)
-                    for name in ("span_kl", "mapped_kl", "uld", "hybrid")}
+CROSS_OBJECTIVES = {objective.name: objective for objective in (
+    CrossObjective("span_kl", lambda s, y, t, o: batch_span_kl(s, y, t)),
+    CrossObjective("mapped_kl", lambda s, y, t, o: _mean(batch_mapped(s, y, t), s)),
+    CrossObjective("uld", lambda s, y, t, o: _mean(batch_uld(s, y, t, (ONE_TO_ONE, SPAN_START)),
+                                                   s)),
+    CrossObjective("hybrid", _hybrid),
+)}
