@@ -16,7 +16,7 @@ LAYERS = {
     "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
                "precision", "chunked_head", "pruning", "validation", "alignment",
-               "cross_tokenizer"},
+               "cross_tokenizer", "watermark"},
     "base": {"params", "params_checks", "runs"},
 }
 TEST_EQUIPMENT = "testing"

@@ -85,7 +85,8 @@ def _next_tokens(logits: torch.Tensor, do_sample: bool, temperature: float,
 def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              top_k_logprobs: int = 0, token_logprobs: bool = False,
-             abandoned: Callable[[], list[bool]] | None = None) -> list[dict]:
+             abandoned: Callable[[], list[bool]] | None = None,
+             watermark=None) -> list[dict]:
     """Generate for one batch of tokenized prompts (left-padded together).
 
     Returns one dict per prompt: `completion_ids` (up to and including the stop
@@ -94,6 +95,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     `token_logprobs`, also `token_logprobs`: the raw log-prob of each chosen token.
     `abandoned()`, if given, is asked after every step which rows nobody waits for
     any more; those stop (their results are cut short and meaningless).
+    `watermark` (a `distill.watermark.Watermark`), if given, biases every step's
+    logits by the token before it; the log-probs recorded are then the watermarked
+    model's, the distribution the tokens were drawn from.
 
     A decode loop of its own rather than `model.generate`, for speed on CPU: a row
     that has finished leaves the batch (and the KV cache) at once instead of being
@@ -109,11 +113,14 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     with_cache = {_cache_argument(model): cache, "use_cache": True}
     mask, position, logits = _prefill(model, tokenizer, prompt_ids, cache)
     rows = torch.arange(len(prompt_ids))  # the prompt each batch row belongs to
+    previous = torch.tensor([ids[-1] for ids in prompt_ids])  # each row's last token
     results = [{"completion_ids": [], "finish_reason": "length"} for _ in prompt_ids]
     for result in results:
         result.update({"topk_ids": [], "topk_logprobs": []} if top_k_logprobs else {})
         result.update({"token_logprobs": []} if token_logprobs else {})
     for step in range(max_new_tokens):
+        if watermark is not None:
+            logits = watermark.bias(logits, previous)
         chosen = _next_tokens(logits, do_sample, temperature, top_p).cpu()
         if top_k_logprobs or token_logprobs:
             logprobs = torch.log_softmax(logits, dim=-1).cpu()
@@ -141,6 +148,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
             keep = (~finished).nonzero().squeeze(-1)
             cache.batch_select_indices(keep.to(model.device))
             rows, chosen, mask, position = rows[keep], chosen[keep], mask[keep], position[keep]
+        previous = chosen
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=-1)
         position = position + 1
         logits = model(input_ids=chosen[:, None].to(model.device), attention_mask=mask,
@@ -181,19 +189,23 @@ def score_prompt(model, ids: list[int], top_k: int) -> tuple[list[float | None],
 
 
 @torch.inference_mode()
-def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int = 8
-                    ) -> list[dict]:
+def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int = 8,
+                    watermark=None) -> list[dict]:
     """Teacher forcing over plain text: for each window of token ids, the model's top-k
     next-token log-probs at every position after the first (no generation, so far
     cheaper per token than sampling). Returns per window `topk_ids` / `topk_logprobs`,
     one row per token from the second on, and `token_logprobs` (the log-prob of each
-    token from the second on), as `generate` records for a completion."""
+    token from the second on), as `generate` records for a completion; with a
+    `watermark`, the log-probs of the watermarked model, as `generate` records them."""
     results = []
     for start in range(0, len(windows), batch_size):
         chunk = windows[start:start + batch_size]
         logits = right_padded_logits(model, chunk)[:, :-1]
         for row, window in enumerate(chunk):
-            logprobs = torch.log_softmax(logits[row, :len(window) - 1].float(), -1)
+            row_logits = logits[row, :len(window) - 1].float()
+            if watermark is not None:
+                row_logits = watermark.bias(row_logits, torch.tensor(window[:-1]))
+            logprobs = torch.log_softmax(row_logits, -1)
             top = logprobs.topk(top_k)
             chosen = logprobs.gather(-1, torch.tensor(window[1:], device=logprobs.device)[:, None])
             results.append({"topk_ids": top.indices.tolist(), "topk_logprobs": top.values.tolist(),

@@ -69,6 +69,8 @@ positive = (lambda v: v > 0, "must be > 0")
 non_negative = (lambda v: v >= 0, "must be >= 0")
 optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
 probability = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+_env_name = (lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
+             "must be the name of an environment variable, not the key")
 
 
 @dataclass
@@ -114,8 +116,7 @@ class TeacherSamplingParams:
                            "(openai backend)")
     api_key_env: str = _p("OPENAI_API_KEY", "name of the environment variable holding the "
                           "API key; the key itself never goes in params",
-                          (lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
-                           "must be the name of an environment variable, not the key"))
+                          _env_name)
     request_timeout: float = _p(60.0, "seconds before a request counts as timed out", positive)
     concurrency: int = _p(8, "API requests in flight at once", positive)
     max_retries: int = _p(5, "retries of a request after 429, 5xx, timeouts and dropped "
@@ -139,6 +140,13 @@ class TeacherSamplingParams:
     validation_prose: str | None = _p("builtin", "text whose teacher top-k 02 validates on "
                                       "(never trained on, never reported by 03): builtin, a "
                                       ".txt file, or null for none (local backend)")
+    watermark: bool = _p(False, "sample the teacher under a green-list watermark (local "
+                         "backend; distill.watermark), so students of it can be traced")
+    watermark_key_env: str = _p("DISTILL_WATERMARK_KEY", "environment variable holding the "
+                                "watermark key; runs record only its id", _env_name)
+    watermark_gamma: float = _p(0.25, "share of the vocabulary that is green after each token",
+                                (lambda v: 0 < v < 1, "must lie strictly between 0 and 1"))
+    watermark_delta: float = _p(2.0, "logit bonus of green tokens", non_negative)
 
 
 @dataclass

@@ -68,6 +68,14 @@ def check_across_sections(params: Params, source: str) -> None:
     if sampling.backend == "openai" and (sampling.generic_samples or sampling.documents):
         raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents need the "
                           "local backend (an API scores no given text); set them to 0 / null")
+    if sampling.watermark and sampling.backend == "openai":
+        raise ParamsError(f"{source}: teacher_sampling.watermark: only a local teacher can be "
+                          "sampled under a watermark (an endpoint samples for itself)")
+    if sampling.watermark and training.needs_teacher:
+        raise ParamsError(f"{source}: teacher_sampling.watermark marks the recorded samples, "
+                          "but kd_source online, hidden_weight or lmbda read the teacher's "
+                          "own, unmarked logits in stage 02; use kd_source topk, "
+                          "hidden_weight 0 and lmbda 0")
     _check_tokenizers(training, embedded, source)
     layers = training.student_layers
     if layers is not None and training.prune_recipe != "alternate":

@@ -95,6 +95,14 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
         raise ParamsError(f"{source}: student_training.accelerate_config: {config_file} is not "
                           f"a file (relative paths start at {Path.cwd()}); give an accelerate "
                           "config file, such as those in configs/accelerate/, or null")
+    if will_sample and params.teacher_sampling.watermark:
+        from .watermark import from_env
+
+        sampling = params.teacher_sampling
+        try:
+            from_env(sampling.watermark_key_env)
+        except ValueError as error:
+            raise ParamsError(f"{source}: teacher_sampling.watermark: {error}") from None
     if will_sample:
         check_teacher(params)
 

@@ -40,11 +40,20 @@ def _token_bytes(tokenizer) -> TokenBytes | None:
     return TokenBytes(tokenizer) if hasattr(tokenizer, "convert_ids_to_tokens") else None
 
 
+def _marked(watermark) -> dict:
+    """The fingerprint entry of a watermark: none when off, so that shards sampled
+    before watermarks existed still resume."""
+    return {} if watermark is None else {"watermark": watermark.describe()}
+
+
 def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run_dir: Path,
-                   seed: int, shard_size: int, batch_size: int, **settings) -> dict:
+                   seed: int, shard_size: int, batch_size: int, watermark=None,
+                   **settings) -> dict:
     """Sample completions from a local model for held-out then training prompts into
     Parquet shards (see `distill.samples.sample_shards`). `settings`: max_new_tokens,
-    do_sample, temperature, top_p, top_k_logprobs. Returns the stats of `sample_shards`."""
+    do_sample, temperature, top_p, top_k_logprobs; `watermark`: a
+    `distill.watermark.Watermark` the teacher samples under, or None.
+    Returns the stats of `sample_shards`."""
     vocab_size = model.get_output_embeddings().weight.shape[0]
     if settings.get("top_k_logprobs", 0) > vocab_size:
         raise ValueError(f"teacher_sampling.top_k_logprobs={settings['top_k_logprobs']} "
@@ -56,17 +65,18 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
         torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
         prompt_ids = [encode_chat(tokenizer, p["messages"]) for p, _ in shard]
         outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
-                               token_logprobs=True, **settings)
+                               token_logprobs=True, watermark=watermark, **settings)
         return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
-    fingerprint = {"seed": seed, "shard_size": shard_size, **settings}
+    fingerprint = {"seed": seed, "shard_size": shard_size, **settings,
+                   **_marked(watermark)}
     return sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard)
 
 
 def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path, seed: int,
                    shard_size: int, batch_size: int, max_new_tokens: int,
-                   top_k_logprobs: int) -> dict:
+                   top_k_logprobs: int, watermark=None) -> dict:
     """The teacher's own generic text: `count` free continuations of the seed openings
     (cycled), sampled at temperature 1 so repeated seeds go different ways, with the
     top-k of every token, as `source='generic'` shards of the sample schema."""
@@ -81,18 +91,19 @@ def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path
         torch.manual_seed(seed + 7919 * (index + 1))  # apart from the chat shards' seeds
         prompt_ids = [encode_start(tokenizer, p["text"]) for p, _ in shard]
         outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
-                               token_logprobs=True, **settings)
+                               token_logprobs=True, watermark=watermark, **settings)
         return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
-    fingerprint = {"seed": seed, "shard_size": shard_size, "count": count, **settings}
+    fingerprint = {"seed": seed, "shard_size": shard_size, "count": count, **settings,
+                   **_marked(watermark)}
     return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
                          source="generic")
 
 
 def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, block_size: int,
                      top_k_logprobs: int, shard_size: int, batch_size: int,
-                     source: str = "documents") -> dict:
+                     source: str = "documents", watermark=None) -> dict:
     """Teacher forcing over plain text: each text cut into windows of `block_size`
     tokens, the teacher's top-k recorded at every token after a window's first (the
     window's first token is its 'prompt'). `texts` maps a name (a file) to its text.
@@ -107,12 +118,12 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         chosen = [windows[p["prompt_id"]] for p, _ in shard]
-        scored = score_documents(model, chosen, top_k_logprobs, batch_size)
+        scored = score_documents(model, chosen, top_k_logprobs, batch_size, watermark)
         progress.update(len(shard))
         return [_row(p, split, window[:1], {"completion_ids": window[1:], **out}, vocab,
                      tokenizer) for (p, _), window, out in zip(shard, chosen, scored)]
 
     fingerprint = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
-                   "shard_size": shard_size, "texts": sorted(texts)}
+                   "shard_size": shard_size, "texts": sorted(texts), **_marked(watermark)}
     return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
                          source=source)
