@@ -13,7 +13,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "distill"
 # import each other).
 LAYERS = {
     "face": {"cli", "pipeline"},
-    "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api"},
+    "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api",
+               "provenance"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
                "precision", "chunked_head", "pruning", "validation", "alignment",
                "cross_tokenizer", "watermark"},

@@ -1,4 +1,4 @@
-"""`distill` command line: run, sweep, compare, serve, models, params."""
+"""`distill` command line: run, sweep, compare, provenance, serve, models, params."""
 
 from __future__ import annotations
 
@@ -54,6 +54,32 @@ def main(argv: list[str] | None = None) -> int:
                        choices=["auto", "float32", "bfloat16", "float16"],
                        help="weights' dtype; auto measures, as run.precision auto does")
 
+    provenance = commands.add_parser(
+        "provenance", help="was SUSPECT distilled from a candidate? three tests with p-values "
+        "(notebook 05)")
+    provenance.add_argument("suspect", help="the model under suspicion: embedded name, folder, "
+                            "run folder (its student), or BASE_URL#MODEL (an endpoint)")
+    provenance.add_argument("--candidate", dest="candidates", action="append", required=True,
+                            metavar="MODEL", help="a candidate teacher (repeatable)")
+    provenance.add_argument("--control", metavar="MODEL",
+                            help="a model known not to be the suspect's teacher (test 1 compares "
+                            "with it; test 2 needs its answers)")
+    provenance.add_argument("--reference", metavar="MODEL",
+                            help="a local model the suspect grew from, e.g. a run's student_init "
+                            "(test 2)")
+    provenance.add_argument("--prompts", metavar="FILE", help="prompt file (default: builtin)")
+    provenance.add_argument("--n-prompts", type=int, metavar="N", help="prompts used (default 200)")
+    provenance.add_argument("--max-edit", type=float, metavar="SHARE",
+                            help="test 1: answers agree within this share of edited words")
+    provenance.add_argument("--watermark-key-env", metavar="VAR",
+                            help="test 3: the environment variable holding the watermark key")
+    provenance.add_argument("--api-key-env", metavar="VAR",
+                            help="the key of BASE_URL#MODEL endpoints (default OPENAI_API_KEY)")
+    provenance.add_argument("--set", dest="settings", action="append", default=[],
+                            metavar="NAME=VALUE",
+                            help="any other parameter of notebooks/05_provenance.ipynb, as YAML")
+    provenance.add_argument("--output-dir", default="outputs", help="where the folder goes")
+
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
 
@@ -80,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return _compare(args.runs, args.csv)
+        if args.command == "provenance":
+            return _provenance(args)
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
@@ -129,6 +157,29 @@ def _serve(args) -> int:
     print(f"Serving {name!r} at http://{args.host}:{args.port}/v1 "
           f"({'key from $' + args.api_key_env if api_key else 'no key required'})")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _provenance(args) -> int:
+    import pandas as pd
+    import yaml
+
+    from .pipeline import run_provenance
+    from .provenance import TABLE
+
+    parameters = {"suspect": args.suspect, "candidates": args.candidates}
+    for name in ("control", "reference", "prompts", "n_prompts", "max_edit",
+                 "watermark_key_env", "api_key_env"):
+        if getattr(args, name) is not None:
+            parameters[name] = getattr(args, name)
+    for setting in args.settings:
+        name, equals, value = setting.partition("=")
+        if not equals:
+            raise ValueError(f"--set {setting}: expected NAME=VALUE")
+        parameters[name.strip()] = yaml.safe_load(value)
+    run_dir = run_provenance(parameters, args.output_dir)
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(pd.read_csv(run_dir / TABLE).to_string(index=False))
     return 0
 
 

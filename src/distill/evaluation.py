@@ -20,14 +20,13 @@ import json
 import math
 import re
 import string
-import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import builtin_path, encode_chat, encode_start, id_windows
-from .generation import generate, generate_all, right_padded_logits, stop_token_ids
+from .generation import generate, right_padded_logits, stop_token_ids
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
 from .samples import Example, build_examples, collate
 
@@ -73,20 +72,6 @@ def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> li
     windows = id_windows(ids, block_size)
     # no cached top-k: the teacher scores these live
     return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]]) for w in windows]
-
-
-def generate_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
-                     batch_size: int, desc: str) -> tuple[list[str], float]:
-    """Greedy answers for each chat, and generation tokens/s."""
-    prompt_ids = [encode_chat(tokenizer, m) for m in messages]
-    with tqdm(total=len(prompt_ids), desc=desc, unit="prompt") as progress:
-        start = time.perf_counter()
-        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
-                               max_new_tokens=max_new_tokens)
-        seconds = time.perf_counter() - start
-    tokens = sum(len(o["completion_ids"]) for o in outputs)
-    answers = [tokenizer.decode(o["completion_ids"], skip_special_tokens=True) for o in outputs]
-    return answers, tokens / seconds
 
 
 def normalize(text: str) -> str:

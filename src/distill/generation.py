@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import inspect
 import os
+import time
 from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
+
+from .data import encode_chat
 
 
 def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
@@ -211,6 +214,21 @@ def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int
             results.append({"topk_ids": top.indices.tolist(), "topk_logprobs": top.values.tolist(),
                             "token_logprobs": chosen.squeeze(-1).tolist()})
     return results
+
+
+def chat_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
+                     batch_size: int, desc: str) -> tuple[list[str], float]:
+    """Greedy answers to each chat (token ids decoded without special tokens), and
+    the generation's tokens/s."""
+    prompt_ids = [encode_chat(tokenizer, m) for m in messages]
+    with tqdm(total=len(prompt_ids), desc=desc, unit="prompt") as progress:
+        start = time.perf_counter()
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
+                               max_new_tokens=max_new_tokens)
+        seconds = time.perf_counter() - start
+    tokens = sum(len(o["completion_ids"]) for o in outputs)
+    answers = [tokenizer.decode(o["completion_ids"], skip_special_tokens=True) for o in outputs]
+    return answers, tokens / seconds
 
 
 def right_padded_logits(model, sequences: list[list[int]]) -> torch.Tensor:

@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .runs import atomic_dir
+from .runs import STUDENT, atomic_dir
 
 
 class ModelNotFound(RuntimeError):
@@ -146,11 +146,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 def _model_kind(name: str) -> tuple[str, object]:
-    """What `name` is: ('embedded', entry), ('folder', path) or ('hub', id). The one
-    place for these rules; raises ModelNotFound when it is none of them."""
+    """What `name` is: ('embedded', entry), ('folder', path) or ('hub', id); a run
+    folder stands for its distilled student. The one place for these rules; raises
+    ModelNotFound when it is none of them."""
     if name in EMBEDDED:
         return "embedded", EMBEDDED[name]
     folder = Path(name).expanduser()
+    if not (folder / "config.json").exists() and (folder / STUDENT / "config.json").exists():
+        return "folder", folder / STUDENT
     if folder.is_dir():
         return "folder", folder
     if _HUB_ID.fullmatch(name):

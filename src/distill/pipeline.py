@@ -20,6 +20,7 @@ NOTEBOOKS = {
     "student_training": "02_student_training.ipynb",
     "evaluation": "03_evaluation.ipynb",
 }
+PROVENANCE_NOTEBOOK = "05_provenance.ipynb"
 
 
 class StageFailed(RuntimeError):
@@ -133,8 +134,6 @@ def prepare_run(source: str | Path, overrides: list[str] = (),
 def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str | None = None,
                  log_output: bool = False) -> Path:
     """Execute the stages (all, or from `from_stage` on) and return the run folder."""
-    import papermill
-
     from .precision import describe as describe_precision
     from .precision import for_run
     from .runs import environment
@@ -146,24 +145,68 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     # Probed once here; every notebook finds the verdict in the manifest.
     print(describe_precision(*for_run(run_dir, params.run.precision)))
     for stage in STAGES[first:]:
-        notebook = run_dir / NOTEBOOKS[stage]
-        print(f"== {notebook.stem}")
-        started = time.perf_counter()
-        try:
-            papermill.execute_notebook(
-                str(notebooks_dir() / NOTEBOOKS[stage]), str(notebook),
-                parameters=params.notebook_parameters(stage, run_dir),
-                kernel_name="python3", log_output=log_output, progress_bar=not log_output)
-        except Exception as error:
-            update_manifest(run_dir, stages={stage: {"status": "failed", "notebook": notebook.name,
-                                                     "seconds": time.perf_counter() - started}})
-            raise StageFailed(stage, notebook, error) from error
-        seconds = time.perf_counter() - started
-        update_manifest(run_dir, stages={stage: {"status": "done", "notebook": notebook.name,
-                                                 "seconds": round(seconds, 1)}})
-        print(f"   {stage} done in {seconds:.0f} s")
+        _execute(stage, NOTEBOOKS[stage], run_dir, params.notebook_parameters(stage, run_dir),
+                 log_output)
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     print(f"Done: {run_dir / MANIFEST}")
+    return run_dir
+
+
+def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
+             log_output: bool) -> None:
+    """Execute one notebook into the run folder with papermill, its status and wall time
+    in the manifest; StageFailed names the executed notebook that holds the error."""
+    import papermill
+
+    notebook = run_dir / notebook_name
+    print(f"== {notebook.stem}")
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(notebooks_dir() / notebook_name), str(notebook), parameters=parameters,
+            kernel_name="python3", log_output=log_output, progress_bar=not log_output)
+    except Exception as error:
+        update_manifest(run_dir, stages={stage: {"status": "failed", "notebook": notebook.name,
+                                                 "seconds": time.perf_counter() - started}})
+        raise StageFailed(stage, notebook, error) from error
+    seconds = time.perf_counter() - started
+    update_manifest(run_dir, stages={stage: {"status": "done", "notebook": notebook.name,
+                                             "seconds": round(seconds, 1)}})
+    print(f"   {stage} done in {seconds:.0f} s")
+
+
+def run_provenance(parameters: dict, output_dir: str | Path = "outputs",
+                   log_output: bool = False) -> Path:
+    """`distill provenance`: notebook 05 on the given parameters (its parameters cell
+    lists them) in a new folder outputs/provenance-<time>/. Every model is checked first
+    (ModelNotFound, ApiTeacherError), before anything is written."""
+    import papermill
+
+    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
+    from .models import check_model_name
+    from .runs import environment
+
+    known = papermill.inspect_notebook(str(notebooks_dir() / PROVENANCE_NOTEBOOK))
+    unknown = sorted(n for n in parameters if n not in known or n == "run_dir")  # ours
+    if unknown:
+        raise ValueError(f"provenance: unknown parameter(s) {', '.join(unknown)}; "
+                         f"notebooks/{PROVENANCE_NOTEBOOK} takes "
+                         f"{', '.join(n for n in known if n != 'run_dir')}")
+    names = [parameters["suspect"], *parameters["candidates"]]
+    names += [parameters[role] for role in ("control", "reference") if parameters.get(role)]
+    for name in names:
+        if is_endpoint(name):
+            check_endpoint(endpoint_from_spec(name, parameters.get("api_key_env",
+                                                                    "OPENAI_API_KEY")))
+        else:
+            check_model_name(name)
+    run_dir = new_run_dir(output_dir, "provenance").resolve()
+    update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    provenance=parameters, environment=environment())
+    print(f"Provenance folder: {run_dir}")
+    _execute("provenance", PROVENANCE_NOTEBOOK, run_dir, {"run_dir": str(run_dir), **parameters},
+             log_output)
+    update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     return run_dir
 
 

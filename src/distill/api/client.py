@@ -71,6 +71,21 @@ def endpoint_from_params(sampling, teacher: str) -> Endpoint:
     return Endpoint(model=sampling.model or teacher, **{n: getattr(sampling, n) for n in names})
 
 
+def is_endpoint(spec: str) -> bool:
+    """Whether a model name is an endpoint spec (see `endpoint_from_spec`)."""
+    return spec.startswith(("http://", "https://"))
+
+
+def endpoint_from_spec(spec: str, api_key_env: str = "OPENAI_API_KEY") -> Endpoint:
+    """The Endpoint of `BASE_URL#MODEL`, e.g. http://127.0.0.1:8000/v1#smollm2-135m-instruct:
+    a model named where a local model could be (`distill provenance`)."""
+    base_url, _, model = spec.partition("#")
+    if not model:
+        raise ValueError(f"{spec}: an endpoint is named BASE_URL#MODEL, e.g. "
+                         "http://127.0.0.1:8000/v1#smollm2-135m-instruct")
+    return Endpoint(base_url=base_url, model=model, api_key_env=api_key_env)
+
+
 def check_endpoint(endpoint: Endpoint) -> list[str]:
     """Fail early and clearly: the key is set, the endpoint answers, accepts the key,
     and serves the model. Returns the models it serves ([] if it does not list them)."""

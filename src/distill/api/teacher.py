@@ -35,6 +35,7 @@ from ..token_bytes import TOKEN_ID_PREFIX, TokenBytes
 from . import health
 from .client import (
     ApiTeacher,
+    ApiTeacherError,
     Endpoint,
     RequestCache,
     RequestLog,
@@ -252,3 +253,26 @@ def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldou
     write_json(Path(run_dir) / API_HEALTH, report)
     health.plot(requests, health.over_time(requests), run_dir)
     return stats, report
+
+
+def endpoint_answers(endpoint: Endpoint, messages: list[list[dict]], max_new_tokens: int,
+                     seed: int = 0, cache_dir: Path | None = None) -> list[str]:
+    """Greedy answers of an endpoint to each chat (text only), `concurrency` requests at
+    a time with the client's retries; a prompt that fails every retry stops with
+    ApiTeacherError, since a test on the rest would silently change its prompts."""
+    teacher = ApiTeacher(endpoint, RequestCache(cache_dir), RequestLog(), seed)
+
+    def one(index: int) -> str:
+        request = chat_request(endpoint, messages[index], max_new_tokens, do_sample=False,
+                               temperature=1.0, top_p=1.0, top_k_logprobs=0, seed=seed)
+        response = teacher.complete(str(index), request)
+        if response is None:
+            raise ApiTeacherError(f"{endpoint.base_url}: prompt {index} failed after "
+                                  f"{endpoint.max_retries} retries")
+        return response["choices"][0]["message"]["content"] or ""
+
+    with concurrent.futures.ThreadPoolExecutor(endpoint.concurrency) as pool:
+        try:
+            return list(pool.map(one, range(len(messages))))
+        finally:
+            teacher.stopped.set()

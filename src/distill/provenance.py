@@ -1,0 +1,211 @@
+"""Was a suspect model S distilled from a candidate teacher T? Three tests, each a
+statistic with a p-value under a stated null, so that a model that was *not* distilled
+from T is flagged at rate alpha or less.
+
+1. Output agreement (`output_agreement`; text only, so endpoints will do).
+2. Reference-normalised likelihood (`likelihood_lift`; needs S's log-probs).
+3. Watermark radioactivity (`watermark_radioactivity`; needs a teacher that sampled
+   under `teacher_sampling.watermark` and S with its tokenizer).
+
+Notebook 05 and `distill provenance` run them; the functions here are the statistics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import encode_chat
+from .generation import batches_by_length, generate_all, right_padded_logits
+from .runs import SAMPLES
+from .samples import read_samples
+from .watermark import Watermark, detect
+
+TABLE, RESULTS = "provenance.csv", "provenance.json"  # what notebook 05 writes
+EXACT_SIGN_FLIPS = 16  # up to this many prompts, every sign pattern is enumerated
+
+
+class TooFewPrompts(ValueError):
+    """A test would have no power: even the most extreme data could not reach alpha."""
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the input order: with p_(1) <= ... <= p_(m),
+    adj_(i) = max over j <= i of min(1, (m - j + 1) p_(j)). Rejecting where adj <= alpha
+    keeps the chance of any false rejection among the m at alpha or less."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def fisher_greater(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
+    """One-sided Fisher exact test that A's rate exceeds B's: given the total hits
+    K = hits_a + hits_b, A's hits are hypergeometric under the null of equal rates, and
+    p = P(X >= hits_a), X ~ Hypergeometric(n_a + n_b, K, n_a)."""
+    total = hits_a + hits_b
+    denominator = math.comb(n_a + n_b, total)
+    upper = sum(math.comb(n_a, k) * math.comb(n_b, total - k)
+                for k in range(hits_a, min(n_a, total) + 1))
+    return upper / denominator
+
+
+def token_edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance between the whitespace-separated words of a and b."""
+    x, y = a.split(), b.split()
+    row = list(range(len(y) + 1))
+    for i, word in enumerate(x, start=1):
+        previous, row[0] = row[0], i
+        for j, other in enumerate(y, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1,
+                                           previous + (word != other))
+    return row[-1]
+
+
+def answers_agree(a: str, b: str, max_edit: float = 0.0) -> bool:
+    """The same answer: at most `max_edit` (a share of the longer answer's words) word
+    edits apart; 0 asks for the same words."""
+    longest = max(len(a.split()), len(b.split()))
+    return token_edit_distance(a, b) <= max_edit * longest
+
+
+def min_prompts_agreement(alpha: float, comparisons: int) -> int:
+    """The fewest prompts with which the best possible outcome (every answer of the
+    best model agreeing, none of another's) reaches alpha after Holm's correction:
+    1 / C(2n, n) <= alpha / comparisons."""
+    return next(n for n in itertools.count(1)
+                if 1 / math.comb(2 * n, n) <= alpha / max(comparisons, 1))
+
+
+def output_agreement(suspect: list[str], models: dict[str, list[str]], max_edit: float = 0.0,
+                     alpha: float = 0.05) -> dict:
+    """How often S answers as each model does, and whether one model stands out.
+
+    Statistic: m_j, the prompts (of n) where S's greedy answer agrees with model j's.
+    Null: the best model j* agrees with S no more often than another model k. For each
+    k, a one-sided Fisher exact test of m_j* vs m_k (two proportions over n prompts),
+    Holm-corrected over the k; j* stands out when every corrected p is <= alpha, so the
+    test's p-value is the largest of them (an intersection-union test)."""
+    if len(models) < 2:
+        raise ValueError("output agreement compares S's answers with those of two or more "
+                         "models (candidates and a control); it was given "
+                         f"{len(models)}: add a --control or a second --candidate")
+    n = len(suspect)
+    need = min_prompts_agreement(alpha, len(models) - 1)
+    if n < need:
+        raise TooFewPrompts(f"output agreement needs at least {need} prompts to reach "
+                            f"alpha={alpha} among {len(models)} models; it has {n}")
+    matches = {name: sum(answers_agree(s, a, max_edit) for s, a in zip(suspect, answers))
+               for name, answers in models.items()}
+    best = max(matches, key=matches.get)
+    others = [name for name in models if name != best]
+    raw = [fisher_greater(matches[best], n, matches[k], n) for k in others]
+    adjusted = holm(raw)
+    return {"prompts": n, "matches": matches, "best": best,
+            "comparisons": {k: {"p": p, "p_holm": q} for k, p, q in zip(others, raw, adjusted)},
+            "p_value": max(adjusted)}
+
+
+def sign_flip_test(d, permutations: int = 10_000, seed: int = 0) -> dict:
+    """One-sided sign-flip permutation test on mean(d): under the null that each d_i is
+    symmetric about 0, flipping signs at random leaves the distribution of the mean
+    unchanged, so p = P(mean(s * d) >= mean(d)) over random signs s (exact enumeration
+    up to EXACT_SIGN_FLIPS values; else (1 + hits) / (1 + permutations), which is a
+    valid p-value with a finite number of draws). NaN values are dropped."""
+    d = np.asarray(d, dtype=float)
+    d = d[~np.isnan(d)]
+    n, observed = len(d), float(d.mean()) if len(d) else float("nan")
+    if n <= EXACT_SIGN_FLIPS:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=n))).reshape(-1, n)
+        means = (signs * d).mean(1) if n else np.zeros(1)
+        p = float((means >= observed - 1e-12).mean())
+    else:
+        signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(permutations, n))
+        p = (1 + int(((signs * d).mean(1) >= observed - 1e-12).sum())) / (1 + permutations)
+    return {"prompts": n, "mean_d": observed, "p_value": p}
+
+
+def min_prompts_sign_flip(alpha: float) -> int:
+    """The fewest prompts whose most extreme outcome (every d_i > 0) reaches alpha:
+    2^-n <= alpha."""
+    return math.ceil(math.log2(1 / alpha))
+
+
+@torch.inference_mode()
+def answer_logliks(model, tokenizer, messages: list[list[dict]], answers: list[str],
+                   batch_size: int = 8, desc: str = "scoring answers") -> np.ndarray:
+    """Per answer, ell = (1 / |y|) sum_t log p(y_t | prompt, y_<t): the mean log-prob per
+    token of the answer's text y after the chat prompt, teacher-forced. NaN for an
+    answer of no tokens."""
+    prompts = [encode_chat(tokenizer, m) for m in messages]
+    replies = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
+    values = np.full(len(answers), np.nan)
+    batches = batches_by_length([len(p) + len(r) for p, r in zip(prompts, replies)], batch_size)
+    for batch in tqdm(batches, desc=desc):
+        batch = [i for i in batch if replies[i]]
+        if not batch:
+            continue
+        logits = right_padded_logits(model, [prompts[i] + replies[i] for i in batch]).float()
+        for row, i in enumerate(batch):
+            start, reply = len(prompts[i]), torch.tensor(replies[i], device=logits.device)
+            logprobs = torch.log_softmax(logits[row, start - 1:start - 1 + len(reply)], -1)
+            values[i] = logprobs.gather(-1, reply[:, None]).mean().item()
+    return values
+
+
+def likelihood_lift(suspect_on_teacher, suspect_on_control, reference_on_teacher=None,
+                    reference_on_control=None, permutations: int = 10_000, seed: int = 0,
+                    alpha: float = 0.05) -> dict:
+    """Does S find the candidate's answers likelier than a control's, beyond what a
+    reference model R does? Per prompt
+
+        d_i = [ell_S(y_T) - ell_R(y_T)] - [ell_S(y_C) - ell_R(y_C)],
+
+    with ell the per-token log-likelihood (`answer_logliks`), y_T the candidate's answer
+    and y_C the control's. R (for a pruned student: its initialisation) removes what S
+    owes to its weights rather than to training; without R its terms are 0. Null: d_i
+    symmetric about 0; `sign_flip_test`, one-sided (S distilled from T makes d > 0)."""
+    s_t, s_c = np.asarray(suspect_on_teacher), np.asarray(suspect_on_control)
+    r_t = np.zeros_like(s_t) if reference_on_teacher is None else np.asarray(reference_on_teacher)
+    r_c = np.zeros_like(s_c) if reference_on_control is None else np.asarray(reference_on_control)
+    d = (s_t - r_t) - (s_c - r_c)
+    need = min_prompts_sign_flip(alpha)
+    if int((~np.isnan(d)).sum()) < need:
+        raise TooFewPrompts(f"the likelihood test needs at least {need} prompts with "
+                            f"non-empty answers to reach alpha={alpha}; it has "
+                            f"{int((~np.isnan(d)).sum())}")
+    return {**sign_flip_test(d, permutations, seed), "d": d.tolist()}
+
+
+def watermark_radioactivity(model, tokenizer, messages: list[list[dict]], watermark: Watermark,
+                            max_new_tokens: int, batch_size: int = 16, seed: int = 0) -> dict:
+    """Does S write the teacher's watermark? S samples (temperature 1) an answer to each
+    prompt; in its distinct (previous token, token) pairs, G green of n. Null: S never
+    saw watermarked text, so G ~ Binomial(n, gamma) (`distill.watermark.detect`)."""
+    prompt_ids = [encode_chat(tokenizer, m) for m in messages]
+    torch.manual_seed(seed)
+    with tqdm(total=len(prompt_ids), desc="suspect writes") as progress:
+        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
+                               max_new_tokens=max_new_tokens, do_sample=True)
+    return detect([p[-1:] + o["completion_ids"] for p, o in zip(prompt_ids, outputs)],
+                  watermark)
+
+
+def fresh_prompts(prompts: list[dict], runs: list, count: int | None, seed: int) -> list[dict]:
+    """Up to `count` prompts (a seeded shuffle) that none of the given run folders trained
+    on: a model is tested on prompts it has not seen answered."""
+    seen: set[str] = set()
+    for run in runs:
+        if (Path(run) / SAMPLES).is_dir():
+            seen |= set(read_samples(Path(run), split="train")["prompt_id"])
+    unseen = [p for p in prompts if p["prompt_id"] not in seen]
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(unseen)).tolist()
+    return [unseen[i] for i in order[:count]]
