@@ -30,7 +30,7 @@ def main():
                                       need_topk=True)
     heldout = samples.read_samples(args.run_dir, split="heldout")
     calibration, scored = [e.input_ids for e in examples[:32]], examples[-32:]
-    prose = evaluation.prose_examples(tokenizer, data.load_corpus(), 2048, 256)
+    prose = samples.prose_examples(tokenizer, data.load_corpus(), 2048, 256)
     budget = pruning.budget_parameters(teacher, args.student_size)
     print(f"budget {budget:,} parameters ({args.student_size} of the teacher)")
     print(f"{'recipe':<10} {'parameters':>11} {'build s':>8} {'val KL':>7} "

@@ -84,3 +84,16 @@ class MiniTokenizer:
 def mini_tokenizer():
     """Factory: MiniTokenizer(eos_token_id, pad_token_id=0)."""
     return MiniTokenizer
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory):
+    """One `distill run params/smoke.yaml` for every end-to-end test that needs a
+    finished run (a few minutes)."""
+    from pathlib import Path
+
+    from distill.pipeline import run_pipeline
+
+    output_dir = tmp_path_factory.mktemp("outputs")
+    params = Path(__file__).resolve().parents[1] / "params" / "smoke.yaml"
+    return run_pipeline(params, [f"run.output_dir={output_dir}"])

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "distill"
 # Highest layer first. The api and training packages are one stage each (their modules
 # import each other).
 LAYERS = {
-    "face": {"cli", "pipeline"},
+    "face": {"cli", "pipeline", "study"},
     "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api",
                "provenance"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",

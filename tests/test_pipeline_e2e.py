@@ -20,12 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    output_dir = tmp_path_factory.mktemp("outputs")
-    return run_pipeline(ROOT / "params" / "smoke.yaml", [f"run.output_dir={output_dir}"])
-
-
 def test_distilled_student_is_closer_to_the_teacher(smoke_run):
     metrics = json.loads((smoke_run / "metrics.json").read_text())["models"]
     assert metrics["teacher"]["heldout_kl"] == pytest.approx(0.0, abs=1e-4)

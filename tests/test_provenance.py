@@ -57,8 +57,9 @@ def test_output_agreement_says_what_it_needs():
     need = provenance.min_prompts_agreement(0.05, 2)
     assert 1 / math.comb(2 * need, need) <= 0.025 < 1 / math.comb(2 * need - 2, need - 1)
     with pytest.raises(provenance.TooFewPrompts, match=f"at least {need} prompts"):
-        provenance.output_agreement(["x"] * (need - 1), {"A": ["x"] * (need - 1),
-                                                         "B": ["y"] * (need - 1), "C": ["z"] * (need - 1)})
+        few = need - 1
+        provenance.output_agreement(["x"] * few, {"A": ["x"] * few, "B": ["y"] * few,
+                                                  "C": ["z"] * few})
 
 
 def test_sign_flip_exact_and_sampled():

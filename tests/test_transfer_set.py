@@ -148,7 +148,7 @@ def test_prose_fidelity_gives_kl_agreement_and_perplexity(tiny_model, tiny_model
 
     tokenizer = CharTokenizer()
     text = "a small model reads a plain text, one character at a time. " * 2
-    examples = evaluation.prose_examples(tokenizer, text, max_tokens=100, block_size=32)
+    examples = samples.prose_examples(tokenizer, text, max_tokens=100, block_size=32)
     ids = tokenizer(text)["input_ids"][:100]
     assert [t for e in examples for t in e.labels] == ids[1:]  # every token once
     other = tiny_model_factory(seed=5)

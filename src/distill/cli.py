@@ -78,7 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     provenance.add_argument("--set", dest="settings", action="append", default=[],
                             metavar="NAME=VALUE",
                             help="any other parameter of notebooks/05_provenance.ipynb, as YAML")
-    provenance.add_argument("--output-dir", default="outputs", help="where the folder goes")
+    provenance.add_argument("--output-dir", help="where the folder goes (default outputs)")
+
+    study = commands.add_parser(
+        "provenance-study", help="train students of known history and measure the provenance "
+        "tests on them: ROC, calibration, power (notebook 06)")
+    study.add_argument("study_file", help="a YAML of notebook 06's parameters, e.g. "
+                       "params/provenance/study.yaml")
+    study.add_argument("--set", dest="settings", action="append", default=[],
+                       metavar="NAME=VALUE", help="override one parameter, as YAML (repeatable)")
 
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
@@ -108,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args.runs, args.csv)
         if args.command == "provenance":
             return _provenance(args)
+        if args.command == "provenance-study":
+            return _study(args)
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
@@ -162,25 +172,44 @@ def _serve(args) -> int:
 
 def _provenance(args) -> int:
     import pandas as pd
-    import yaml
 
     from .pipeline import run_provenance
     from .provenance import TABLE
 
     parameters = {"suspect": args.suspect, "candidates": args.candidates}
     for name in ("control", "reference", "prompts", "n_prompts", "max_edit",
-                 "watermark_key_env", "api_key_env"):
+                 "watermark_key_env", "api_key_env", "output_dir"):
         if getattr(args, name) is not None:
             parameters[name] = getattr(args, name)
-    for setting in args.settings:
-        name, equals, value = setting.partition("=")
-        if not equals:
-            raise ValueError(f"--set {setting}: expected NAME=VALUE")
-        parameters[name.strip()] = yaml.safe_load(value)
-    run_dir = run_provenance(parameters, args.output_dir)
+    run_dir = run_provenance({**parameters, **_settings(args.settings)})
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(pd.read_csv(run_dir / TABLE).to_string(index=False))
     return 0
+
+
+def _study(args) -> int:
+    import pandas as pd
+
+    from .pipeline import run_study
+    from .study import SUMMARY
+
+    run_dir = run_study(args.study_file, _settings(args.settings))
+    with pd.option_context("display.width", 200):
+        print(pd.read_csv(run_dir / SUMMARY).round(3).to_string(index=False))
+    return 0
+
+
+def _settings(settings: list[str]) -> dict:
+    """--set NAME=VALUE options as a dict, each value read as YAML."""
+    import yaml
+
+    parsed = {}
+    for setting in settings:
+        name, equals, value = setting.partition("=")
+        if not equals:
+            raise ValueError(f"--set {setting}: expected NAME=VALUE")
+        parsed[name.strip()] = yaml.safe_load(value)
+    return parsed
 
 
 def _compare(run_dirs, csv_path) -> int:

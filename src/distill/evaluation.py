@@ -25,17 +25,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .data import builtin_path, encode_chat, encode_start, id_windows
+from .data import builtin_path, encode_chat
 from .generation import generate, right_padded_logits, stop_token_ids
 from .losses import IGNORE_INDEX, dense_divergence, forward_kl
-from .samples import Example, build_examples, collate
+from .samples import build_examples, collate
 
 
 @torch.inference_mode()
 def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                             batch_size: int) -> dict[str, dict]:
     """{name: {'kl', 'top1_agreement', 'nll', 'tokens'}} over the completion tokens of
-    `samples` (a samples DataFrame, or Examples such as `prose_examples`), with the
+    `samples` (a samples DataFrame, or Examples such as `samples.prose_examples`), with the
     teacher's logits computed once per batch for all students. `nll` is the mean
     next-token loss on the text itself: exp(nll) is the perplexity."""
     examples = samples if isinstance(samples, list) else build_examples(samples)
@@ -61,17 +61,6 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
     return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
                    "nll": s["nll"] / s["tokens"], "tokens": s["tokens"]}
             for name, s in sums.items()}
-
-
-def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> list[Example]:
-    """The first `max_tokens` tokens of plain text as teacher-forcing examples: windows
-    of `block_size` next tokens, each token after the first scored once."""
-    ids = encode_start(tokenizer, text)[:max_tokens]
-    if len(ids) < 2:
-        raise ValueError("the prose corpus is shorter than two tokens")
-    windows = id_windows(ids, block_size)
-    # no cached top-k: the teacher scores these live
-    return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]]) for w in windows]
 
 
 def normalize(text: str) -> str:

@@ -20,7 +20,7 @@ NOTEBOOKS = {
     "student_training": "02_student_training.ipynb",
     "evaluation": "03_evaluation.ipynb",
 }
-PROVENANCE_NOTEBOOK = "05_provenance.ipynb"
+PROVENANCE_NOTEBOOK, STUDY_NOTEBOOK = "05_provenance.ipynb", "06_provenance_study.ipynb"
 
 
 class StageFailed(RuntimeError):
@@ -175,39 +175,62 @@ def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
     print(f"   {stage} done in {seconds:.0f} s")
 
 
-def run_provenance(parameters: dict, output_dir: str | Path = "outputs",
-                   log_output: bool = False) -> Path:
-    """`distill provenance`: notebook 05 on the given parameters (its parameters cell
-    lists them) in a new folder outputs/provenance-<time>/. Every model is checked first
-    (ModelNotFound, ApiTeacherError), before anything is written."""
+def run_notebook(notebook_name: str, name: str, parameters: dict,
+                 log_output: bool = False) -> Path:
+    """A notebook outside the three stages (05, 06) in a new folder
+    <output_dir>/<name>-<time>/, with its parameters checked against the notebook's
+    parameters cell first (an unknown name is a ValueError listing the known ones)."""
     import papermill
 
-    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
-    from .models import check_model_name
     from .runs import environment
 
-    known = papermill.inspect_notebook(str(notebooks_dir() / PROVENANCE_NOTEBOOK))
+    known = papermill.inspect_notebook(str(notebooks_dir() / notebook_name))
     unknown = sorted(n for n in parameters if n not in known or n == "run_dir")  # ours
     if unknown:
-        raise ValueError(f"provenance: unknown parameter(s) {', '.join(unknown)}; "
-                         f"notebooks/{PROVENANCE_NOTEBOOK} takes "
-                         f"{', '.join(n for n in known if n != 'run_dir')}")
-    names = [parameters["suspect"], *parameters["candidates"]]
-    names += [parameters[role] for role in ("control", "reference") if parameters.get(role)]
-    for name in names:
-        if is_endpoint(name):
-            check_endpoint(endpoint_from_spec(name, parameters.get("api_key_env",
-                                                                    "OPENAI_API_KEY")))
-        else:
-            check_model_name(name)
-    run_dir = new_run_dir(output_dir, "provenance").resolve()
+        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; notebooks/"
+                         f"{notebook_name} takes {', '.join(n for n in known if n != 'run_dir')}")
+    run_dir = new_run_dir(parameters.get("output_dir", "outputs"), name).resolve()
     update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    provenance=parameters, environment=environment())
-    print(f"Provenance folder: {run_dir}")
-    _execute("provenance", PROVENANCE_NOTEBOOK, run_dir, {"run_dir": str(run_dir), **parameters},
-             log_output)
+                    parameters=parameters, environment=environment())
+    print(f"Folder: {run_dir}")
+    _execute(name, notebook_name, run_dir, {"run_dir": str(run_dir), **parameters}, log_output)
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     return run_dir
+
+
+def check_models(names: list[str], api_key_env: str = "OPENAI_API_KEY") -> None:
+    """Every model can be loaded (ModelNotFound) or reached (ApiTeacherError), checked
+    before any folder is written."""
+    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
+    from .models import check_model_name
+
+    for name in names:
+        if is_endpoint(name):
+            check_endpoint(endpoint_from_spec(name, api_key_env))
+        else:
+            check_model_name(name)
+
+
+def run_provenance(parameters: dict, log_output: bool = False) -> Path:
+    """`distill provenance`: notebook 05 on the given parameters (its parameters cell
+    lists them), every model checked first."""
+    names = [parameters["suspect"], *parameters["candidates"]]
+    names += [parameters[role] for role in ("control", "reference") if parameters.get(role)]
+    check_models(names, parameters.get("api_key_env", "OPENAI_API_KEY"))
+    return run_notebook(PROVENANCE_NOTEBOOK, "provenance", parameters, log_output)
+
+
+def run_study(path: str | Path, overrides: dict, log_output: bool = False) -> Path:
+    """`distill provenance-study FILE`: notebook 06 on the parameters of a YAML file (its
+    parameters cell lists them) and `overrides`, both teachers checked first."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: expected a mapping of notebook 06's parameters")
+    parameters = {**loaded, **overrides}
+    check_models([parameters.get("teacher", "smollm2-135m-instruct"),
+                  parameters.get("other_teacher", "gemma3-270m")])
+    name = Path(path).stem
+    return run_notebook(STUDY_NOTEBOOK, name, parameters, log_output)
 
 
 def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:

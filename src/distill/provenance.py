@@ -21,7 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import encode_chat
-from .generation import batches_by_length, generate_all, right_padded_logits
+from .generation import batches_by_length, right_padded_logits
 from .runs import SAMPLES
 from .samples import read_samples
 from .watermark import Watermark, detect
@@ -184,18 +184,16 @@ def likelihood_lift(suspect_on_teacher, suspect_on_control, reference_on_teacher
     return {**sign_flip_test(d, permutations, seed), "d": d.tolist()}
 
 
-def watermark_radioactivity(model, tokenizer, messages: list[list[dict]], watermark: Watermark,
-                            max_new_tokens: int, batch_size: int = 16, seed: int = 0) -> dict:
-    """Does S write the teacher's watermark? S samples (temperature 1) an answer to each
-    prompt; in its distinct (previous token, token) pairs, G green of n. Null: S never
-    saw watermarked text, so G ~ Binomial(n, gamma) (`distill.watermark.detect`)."""
-    prompt_ids = [encode_chat(tokenizer, m) for m in messages]
-    torch.manual_seed(seed)
-    with tqdm(total=len(prompt_ids), desc="suspect writes") as progress:
-        outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
-                               max_new_tokens=max_new_tokens, do_sample=True)
-    return detect([p[-1:] + o["completion_ids"] for p, o in zip(prompt_ids, outputs)],
-                  watermark)
+def watermark_radioactivity(tokenizer, messages: list[list[dict]], answers: list[str],
+                            watermark: Watermark) -> dict:
+    """Does S write the teacher's watermark? S's answers, in S's tokens after the last
+    token of each prompt: of their n distinct (previous token, token) pairs, G are
+    green. Null: S never learnt from watermarked text, so its text is independent of
+    the key and G ~ Binomial(n, gamma) (`distill.watermark.detect`). S must have the
+    watermarked teacher's tokenizer: the green list hashes token ids."""
+    texts = [encode_chat(tokenizer, m)[-1:] + tokenizer(a, add_special_tokens=False)["input_ids"]
+             for m, a in zip(messages, answers)]
+    return detect(texts, watermark)
 
 
 def fresh_prompts(prompts: list[dict], runs: list, count: int | None, seed: int) -> list[dict]:

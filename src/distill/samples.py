@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
 
+from .data import encode_start, id_windows
 from .losses import IGNORE_INDEX
 from .runs import SAMPLES, atomic_file
 
@@ -331,3 +332,14 @@ def length_grouped(lengths: list[int], order: list[int], batch_size: int, seed: 
         batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
     shuffle = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed))
     return [batches[i] for i in shuffle.tolist()]
+
+
+def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> list[Example]:
+    """The first `max_tokens` tokens of plain text as teacher-forcing examples: windows
+    of `block_size` next tokens, each token after the first scored once."""
+    ids = encode_start(tokenizer, text)[:max_tokens]
+    if len(ids) < 2:
+        raise ValueError("the prose corpus is shorter than two tokens")
+    windows = id_windows(ids, block_size)
+    # no cached top-k: a live teacher scores these, or cross-entropy alone trains on them
+    return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]]) for w in windows]

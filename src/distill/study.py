@@ -1,0 +1,183 @@
+"""The provenance study: do the tests of `distill.provenance` flag the students of a
+teacher T, and only them? (notebook 06, `params/provenance/`)
+
+Every student starts from one shared initialisation (T pruned once, by one fixed
+recipe), so whatever a test sees of T in the weights is the same in every arm, and is
+trained by cross-entropy on the text of its arm, the same budget for each:
+
+    teacher     T's answers (T samples under a watermark when a key is given)
+    other       another teacher T''s answers (read in the student's tokens)
+    reference   plain text no teacher wrote (the shipped corpus, or the user's)
+    dilute_<p>  reference text with p percent of T's answers mixed in
+
+`teacher` students are the positives, `other` and `reference` the nulls; dilutions show
+how little of T's data a test still finds. Each student is tested on prompts no
+student trained on, against T (candidate) and T' (control), with the initialisation as
+the likelihood test's reference.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+
+from . import provenance
+from .samples import Example
+
+POSITIVE, NULLS = "teacher", ("other", "reference")
+TESTS = {"agreement": "output agreement", "likelihood": "likelihood", "watermark": "watermark"}
+STUDENTS, SUMMARY = "study_students.csv", "study_summary.csv"  # what notebook 06 writes
+
+
+def dilution(arm: str) -> float | None:
+    """The share of T's answers in an arm's data: 1 (teacher), 0 (reference), p / 100
+    (dilute_<p>); None for `other`. ValueError for an unknown arm."""
+    fixed = {"teacher": 1.0, "reference": 0.0, "other": None}
+    if arm in fixed:
+        return fixed[arm]
+    if match := re.fullmatch(r"dilute_(\d+(?:\.\d+)?)", arm):
+        return float(match.group(1)) / 100
+    raise ValueError(f"arms: unknown arm {arm!r}; use teacher, other, reference or "
+                     "dilute_<percent>, e.g. dilute_5")
+
+
+def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
+                 rng: np.random.Generator) -> list[Example]:
+    """`size` training examples of an arm, drawn at random (with replacement only when
+    a pool is smaller than asked) from the pools 'teacher', 'other' and 'reference'."""
+    def draw(pool: str, count: int) -> list[Example]:
+        examples = pools[pool]
+        if count and not examples:
+            raise ValueError(f"arm {arm}: the {pool} pool is empty")
+        index = rng.choice(len(examples), count, replace=count > len(examples))
+        return [examples[i] for i in index]
+
+    share = dilution(arm)
+    if share is None:
+        return draw("other", size)
+    from_teacher = round(share * size)
+    return draw("teacher", from_teacher) + draw("reference", size - from_teacher)
+
+
+def evidence(answers: dict[str, list[str]], logliks: dict[str, np.ndarray],
+             max_edit: float = 0.0) -> dict:
+    """The per-prompt evidence about one student S, kept so that any number of the
+    prompts can be tested later (`p_values`): whether S's answer agrees with T's and
+    with T''s, d of the likelihood test (the initialisation as R), and S's answers.
+    `answers` and `logliks` are keyed suspect / teacher / other and suspect_teacher,
+    suspect_other, init_teacher, init_other (the scorer, then whose answers)."""
+    s = answers["suspect"]
+    return {
+        "agrees_teacher": [provenance.answers_agree(a, b, max_edit)
+                           for a, b in zip(s, answers["teacher"])],
+        "agrees_other": [provenance.answers_agree(a, b, max_edit)
+                         for a, b in zip(s, answers["other"])],
+        "d": ((logliks["suspect_teacher"] - logliks["init_teacher"])
+              - (logliks["suspect_other"] - logliks["init_other"])).tolist(),
+        "answers": s,
+    }
+
+
+def p_values(evidence: dict, prompts: int, tokenizer, messages, watermark=None,
+             permutations: int = 2000, seed: int = 0) -> dict:
+    """The three p-values of one student on its first `prompts` prompts: output
+    agreement with T against T' (one-sided Fisher exact; with one other model Holm
+    changes nothing), the likelihood lift over the initialisation (sign flips), and the
+    watermark (Binomial), the last NaN without a watermark."""
+    teacher = sum(evidence["agrees_teacher"][:prompts])
+    other = sum(evidence["agrees_other"][:prompts])
+    d = np.asarray(evidence["d"][:prompts])
+    found = {"agreement": provenance.fisher_greater(teacher, prompts, other, prompts),
+             "likelihood": provenance.sign_flip_test(d, permutations, seed)["p_value"],
+             "watermark": float("nan")}
+    if watermark is not None:
+        found["watermark"] = provenance.watermark_radioactivity(
+            tokenizer, messages[:prompts], evidence["answers"][:prompts], watermark)["p_value"]
+    return found
+
+
+def roc(scores_positive, scores_negative) -> tuple[np.ndarray, np.ndarray, float]:
+    """(false-positive rates, true-positive rates, AUC) of flagging where p <= threshold,
+    over every threshold; AUC as the chance a positive's p is below a negative's (ties
+    count half)."""
+    pos, neg = np.asarray(scores_positive), np.asarray(scores_negative)
+    thresholds = np.unique(np.concatenate([pos, neg, [0.0, 1.0]]))
+    fpr = np.array([0.0, *[(neg <= t).mean() for t in thresholds]])
+    tpr = np.array([0.0, *[(pos <= t).mean() for t in thresholds]])
+    auc = float(np.mean([(p < n) + 0.5 * (p == n) for p in pos for n in neg]))
+    return fpr, tpr, auc
+
+
+def tpr_at_fpr(scores_positive, scores_negative, fpr: float = 0.05) -> float:
+    """The share of positives flagged at the largest threshold that flags at most `fpr`
+    of the negatives."""
+    neg = np.sort(np.asarray(scores_negative))
+    allowed = int(np.floor(fpr * len(neg)))  # negatives that may fall at or under it
+    threshold = neg[allowed] if allowed < len(neg) else np.inf
+    return float((np.asarray(scores_positive) < threshold).mean())
+
+
+def summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
+    """Per test: AUC and TPR at 5% FPR (teacher vs other + reference students), and the
+    null arms' false-positive rate at alpha with its 95% Wilson interval."""
+    rows = []
+    for test in TESTS:
+        if table[test].isna().all():
+            continue
+        pos = table.loc[table["arm"] == POSITIVE, test]
+        neg = table.loc[table["arm"].isin(NULLS), test]
+        _, _, auc = roc(pos, neg)
+        low, high = wilson((neg <= alpha).sum(), len(neg))
+        rows.append({"test": TESTS[test], "auc": auc, "tpr_at_5pct_fpr": tpr_at_fpr(pos, neg),
+                     "null_models": len(neg), "fpr_at_alpha": (neg <= alpha).mean(),
+                     "fpr_95ci": f"[{low:.2f}, {high:.2f}]",
+                     "power_at_alpha": (pos <= alpha).mean()})
+    return pd.DataFrame(rows)
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def plot(table: pd.DataFrame, power: pd.DataFrame, alpha: float = 0.05):
+    """Four panels: ROC per test, the null p-values against uniform (QQ), power against
+    the number of prompts, and detection against the share of T's data."""
+    import matplotlib.pyplot as plt
+
+    tests = [t for t in TESTS if not table[t].isna().all()]
+    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for test in tests:
+        pos = table.loc[table["arm"] == POSITIVE, test]
+        neg = table.loc[table["arm"].isin(NULLS), test]
+        fpr, tpr, auc = roc(pos, neg)
+        axes[0].step(fpr, tpr, where="post", label=f"{TESTS[test]} (AUC {auc:.2f})")
+        null = np.sort(neg.to_numpy())
+        axes[1].plot((np.arange(1, len(null) + 1) - 0.5) / len(null), null, "o-", ms=3,
+                     label=TESTS[test])
+        rates = power[power["test"] == test]
+        axes[2].plot(rates["prompts"], rates["power"], "o-", label=TESTS[test])
+        shares = table.dropna(subset=["share"]).groupby("share")[test].apply(
+            lambda p: (p <= alpha).mean())
+        axes[3].plot(shares.index * 100, shares.to_numpy(), "o-", label=TESTS[test])
+    axes[0].plot([0, 1], [0, 1], ":", color="grey")
+    axes[0].set(xlabel="false-positive rate (other + reference students)",
+                ylabel="true-positive rate (teacher students)", title="ROC")
+    axes[1].plot([0, 1], [0, 1], ":", color="grey")
+    axes[1].set(xlabel="uniform quantile", ylabel="null p-value",
+                title="calibration on the null students")
+    axes[2].set(xlabel="prompts", ylabel=f"teacher students flagged at alpha={alpha}",
+                title="power against prompts", ylim=(0, 1.05))
+    axes[3].set(xlabel="% of the student's data from T", ylabel=f"flagged at alpha={alpha}",
+                title="detection against dilution", ylim=(0, 1.05))
+    for axis in axes:
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    return figure

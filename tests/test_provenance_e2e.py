@@ -1,0 +1,70 @@
+"""End to end: `distill provenance` on the smoke run's student, through the command
+line, into a folder with the executed notebook 05 and its table."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_provenance_command_writes_a_verdict(smoke_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOKE_MARK", "a secret watermark key")
+    init = smoke_run / "student_init"
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "provenance", str(smoke_run),
+         "--candidate", "smollm2-135m-instruct", "--control", str(init), "--reference", str(init),
+         "--n-prompts", "12", "--watermark-key-env", "SMOKE_MARK", "--output-dir", str(tmp_path),
+         "--set", "max_new_tokens=12", "--set", "permutations=999"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = tmp_path.glob("provenance-*")
+    table = pd.read_csv(folder / "provenance.csv")
+    assert list(table["test"]) == ["output agreement", "likelihood", "watermark"]
+    assert table["p_value"].between(0, 1).all()  # every test ran and gave a p-value
+    assert "output agreement" in result.stdout  # the table is printed
+    # the smoke student never saw watermarked text: no detection of the key
+    assert table.set_index("test").loc["watermark", "p_value"] > 1e-3
+    assert (folder / "05_provenance.ipynb").exists() and (folder / "answers").is_dir()
+    manifest = (folder / "manifest.json").read_text()
+    assert json.loads(manifest)["stages"]["provenance"]["status"] == "done"
+    executed = (folder / "05_provenance.ipynb").read_text()
+    assert "a secret watermark key" not in manifest + executed
+
+
+def test_provenance_command_refuses_a_model_it_cannot_load(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "provenance", str(tmp_path / "nothing"),
+         "--candidate", "smollm2-135m-instruct", "--output-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "nothing" in result.stderr and "not an existing folder" in result.stderr
+    assert not list(tmp_path.glob("provenance-*"))  # nothing written
+
+
+def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
+    """Notebook 06 end to end: both teachers sample (T under the watermark), every arm
+    trains its students from one shared initialisation, and every test gets a p-value
+    per student, a summary and the figure."""
+    monkeypatch.setenv("DISTILL_WATERMARK_KEY", "a secret study key")
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "provenance-study", "params/provenance/smoke.yaml",
+         "--set", f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = tmp_path.glob("smoke-*")
+    students = pd.read_csv(folder / "study_students.csv")
+    assert sorted(students["arm"].unique()) == ["dilute_25", "other", "reference", "teacher"]
+    assert len(students) == 7
+    assert students[["agreement", "likelihood", "watermark"]].stack().between(0, 1).all()
+    summary = pd.read_csv(folder / "study_summary.csv")
+    assert list(summary["test"]) == ["output agreement", "likelihood", "watermark"]
+    assert (folder / "figures" / "provenance_study.png").exists()
+    assert len(list((folder / "students").glob("*/evidence.json"))) == 7
+    assert not list((folder / "students").glob("*/checkpoints"))  # weights are not kept
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["watermark"]["key_id"] and manifest["stages"]["smoke"]["status"] == "done"
+    written = [folder / "manifest.json", folder / "06_provenance_study.ipynb"]
+    assert not any("a secret study key" in path.read_text() for path in written)

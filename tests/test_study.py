@@ -1,0 +1,77 @@
+"""The provenance study's pieces: arms, their data, and the figures' statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from distill import study
+from distill.samples import Example
+
+
+def _pool(tag: int, n: int) -> list[Example]:
+    return [Example([tag, i], [-100, i], [[]], [[]]) for i in range(n)]
+
+
+def test_dilution_names_the_share_of_teacher_data():
+    assert study.dilution("teacher") == 1.0 and study.dilution("reference") == 0.0
+    assert study.dilution("other") is None
+    assert study.dilution("dilute_5") == pytest.approx(0.05)
+    assert study.dilution("dilute_2.5") == pytest.approx(0.025)
+    with pytest.raises(ValueError, match="unknown arm 'diluted'"):
+        study.dilution("diluted")
+
+
+def test_arm_examples_mix_the_pools_as_named():
+    pools = {"teacher": _pool(1, 50), "other": _pool(2, 50), "reference": _pool(3, 50)}
+    rng = np.random.default_rng(0)
+    source = lambda examples: [e.input_ids[0] for e in examples]  # noqa: E731
+    assert set(source(study.arm_examples("teacher", pools, 40, rng))) == {1}
+    assert set(source(study.arm_examples("other", pools, 40, rng))) == {2}
+    mixed = source(study.arm_examples("dilute_25", pools, 40, rng))
+    assert mixed.count(1) == 10 and mixed.count(3) == 30
+    few = study.arm_examples("reference", {**pools, "reference": _pool(3, 5)}, 12, rng)
+    assert len(few) == 12  # a small pool is drawn with replacement
+
+
+def test_roc_auc_and_tpr_at_fpr():
+    positives, negatives = [0.001, 0.01, 0.2], [0.05, 0.3, 0.6, 0.9]
+    fpr, tpr, auc = study.roc(positives, negatives)
+    assert auc == pytest.approx((4 + 4 + 3) / 12)  # pairs where the positive's p is lower
+    assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1
+    assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
+    # 5% of 4 negatives allows none: the threshold sits below the lowest negative (0.05)
+    assert study.tpr_at_fpr(positives, negatives) == pytest.approx(2 / 3)
+    assert study.roc([0.5], [0.5])[2] == 0.5  # a tie counts half
+
+
+def test_wilson_interval_covers_the_proportion():
+    low, high = study.wilson(1, 20)
+    assert low < 0.05 < high and 0 <= low and high < 0.3
+    assert study.wilson(0, 10)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_p_values_on_a_prefix_of_the_prompts():
+    evidence = {"agrees_teacher": [True] * 8 + [False] * 12,
+                "agrees_other": [False] * 20, "d": [0.5] * 8 + [-0.1] * 12,
+                "answers": ["x"] * 20}
+    first = study.p_values(evidence, 8, None, None, permutations=99)
+    assert first["agreement"] == pytest.approx(1 / 12870)  # 8 of 8 vs 0 of 8: 1 / C(16, 8)
+    assert first["likelihood"] == pytest.approx(1 / 256)  # every d > 0, exact over 2^8
+    assert np.isnan(first["watermark"])  # no watermark, no test
+    assert study.p_values(evidence, 20, None, None, permutations=99)["agreement"] > first[
+        "agreement"]
+
+
+def test_summary_reports_each_test_that_ran():
+    table = pd.DataFrame({
+        "arm": ["teacher"] * 3 + ["other"] * 2 + ["reference"] * 2,
+        "agreement": [0.001, 0.002, 0.5, 0.6, 0.04, 0.7, 0.8],
+        "likelihood": [0.01, 0.02, 0.03, 0.5, 0.5, 0.5, 0.5],
+        "watermark": [np.nan] * 7})
+    summary = study.summary(table).set_index("test")
+    assert list(summary.index) == ["output agreement", "likelihood"]
+    assert summary.loc["output agreement", "fpr_at_alpha"] == pytest.approx(0.25)
+    assert summary.loc["likelihood", "auc"] == 1.0
+    assert summary.loc["likelihood", "power_at_alpha"] == 1.0
