@@ -10,8 +10,10 @@ from distill.params import SECTIONS, ParamsError, RunParams, StudentTrainingPara
 
 ROOT = Path(__file__).resolve().parents[1]
 # every params file; sweep files (base + variants) are checked in test_distill_modes
+# run params; sweeps (variants) and provenance studies (notebook 06's parameters) apart
 PARAM_FILES = sorted(p for p in (ROOT / "params").glob("**/*.yaml")
-                     if "variants" not in (yaml.safe_load(p.read_text()) or {}))
+                     if "variants" not in (yaml.safe_load(p.read_text()) or {})
+                     and p.parent.name != "provenance")
 
 
 def _write(tmp_path, text, name="params.yaml"):

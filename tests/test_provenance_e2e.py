@@ -30,7 +30,7 @@ def test_provenance_command_writes_a_verdict(smoke_run, tmp_path, monkeypatch):
     assert table.set_index("test").loc["watermark", "p_value"] > 1e-3
     assert (folder / "05_provenance.ipynb").exists() and (folder / "answers").is_dir()
     manifest = (folder / "manifest.json").read_text()
-    assert json.loads(manifest)["stages"]["provenance"]["status"] == "done"
+    assert json.loads(manifest)["stages"]["05_provenance"]["status"] == "done"
     executed = (folder / "05_provenance.ipynb").read_text()
     assert "a secret watermark key" not in manifest + executed
 
@@ -65,6 +65,7 @@ def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
     assert len(list((folder / "students").glob("*/evidence.json"))) == 7
     assert not list((folder / "students").glob("*/checkpoints"))  # weights are not kept
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["watermark"]["key_id"] and manifest["stages"]["smoke"]["status"] == "done"
+    assert manifest["watermark"]["key_id"]
+    assert manifest["stages"]["06_provenance_study"]["status"] == "done"
     written = [folder / "manifest.json", folder / "06_provenance_study.ipynb"]
     assert not any("a secret study key" in path.read_text() for path in written)

@@ -175,11 +175,12 @@ def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
     print(f"   {stage} done in {seconds:.0f} s")
 
 
-def run_notebook(notebook_name: str, name: str, parameters: dict,
-                 log_output: bool = False) -> Path:
+def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bool = False,
+                 run_dir: Path | None = None) -> Path:
     """A notebook outside the three stages (05, 06) in a new folder
-    <output_dir>/<name>-<time>/, with its parameters checked against the notebook's
-    parameters cell first (an unknown name is a ValueError listing the known ones)."""
+    <output_dir>/<name>-<time>/ (or again in `run_dir`, which it resumes), with its
+    parameters checked against the notebook's parameters cell first (an unknown name is
+    a ValueError listing the known ones)."""
     import papermill
 
     from .runs import environment
@@ -189,11 +190,12 @@ def run_notebook(notebook_name: str, name: str, parameters: dict,
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; notebooks/"
                          f"{notebook_name} takes {', '.join(n for n in known if n != 'run_dir')}")
-    run_dir = new_run_dir(parameters.get("output_dir", "outputs"), name).resolve()
+    run_dir = (run_dir or new_run_dir(parameters.get("output_dir", "outputs"), name)).resolve()
     update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     parameters=parameters, environment=environment())
     print(f"Folder: {run_dir}")
-    _execute(name, notebook_name, run_dir, {"run_dir": str(run_dir), **parameters}, log_output)
+    _execute(Path(notebook_name).stem, notebook_name, run_dir,
+             {"run_dir": str(run_dir), **parameters}, log_output)
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     return run_dir
 
@@ -222,15 +224,21 @@ def run_provenance(parameters: dict, log_output: bool = False) -> Path:
 
 def run_study(path: str | Path, overrides: dict, log_output: bool = False) -> Path:
     """`distill provenance-study FILE`: notebook 06 on the parameters of a YAML file (its
-    parameters cell lists them) and `overrides`, both teachers checked first."""
-    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    parameters cell lists them) and `overrides`, both teachers checked first. Given a
+    study folder instead, it goes on there with the parameters it was started with."""
+    path = Path(path)
+    if path.is_dir():
+        from .runs import read_json
+
+        parameters = {**read_json(path / MANIFEST, {}).get("parameters", {}), **overrides}
+        return run_notebook(STUDY_NOTEBOOK, "", parameters, log_output, run_dir=path)
+    loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
         raise ParamsError(f"{path}: expected a mapping of notebook 06's parameters")
     parameters = {**loaded, **overrides}
     check_models([parameters.get("teacher", "smollm2-135m-instruct"),
                   parameters.get("other_teacher", "gemma3-270m")])
-    name = Path(path).stem
-    return run_notebook(STUDY_NOTEBOOK, name, parameters, log_output)
+    return run_notebook(STUDY_NOTEBOOK, path.stem, parameters, log_output)
 
 
 def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
