@@ -251,3 +251,22 @@ def test_distill_serve_waits_passively_unless_told_otherwise(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert cli.main(["serve", "--dtype", "float32"]) == 0
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_endpoint_answers_equal_local_greedy_answers(server, tiny_model_teacher_vocab,
+                                                     teacher_tokenizer, monkeypatch):
+    """`distill provenance` reaches a model behind an API by BASE_URL#MODEL: its greedy
+    answers are those the model gives locally."""
+    from distill.api.client import endpoint_from_spec, is_endpoint
+    from distill.api.teacher import endpoint_answers
+    from distill.generation import chat_answers
+
+    monkeypatch.setenv("PROVENANCE_KEY", KEY)
+    spec = f"{server}/v1#{NAME}"
+    assert is_endpoint(spec) and not is_endpoint("smollm2-135m-instruct")
+    messages = [MESSAGES, [{"role": "user", "content": "Say hello."}]]
+    remote = endpoint_answers(endpoint_from_spec(spec, "PROVENANCE_KEY"), messages, 8)
+    local, _ = chat_answers(tiny_model_teacher_vocab, teacher_tokenizer, messages, 8, 2, "local")
+    assert remote == local
+    with pytest.raises(ValueError, match="BASE_URL#MODEL"):
+        endpoint_from_spec(server)
