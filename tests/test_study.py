@@ -53,15 +53,19 @@ def test_wilson_interval_covers_the_proportion():
 
 
 def test_p_values_on_a_prefix_of_the_prompts():
-    evidence = {"agrees_teacher": [True] * 8 + [False] * 12,
-                "agrees_other": [False] * 20, "d": [0.5] * 8 + [-0.1] * 12,
-                "answers": ["x"] * 20}
-    first = study.p_values(evidence, 8, None, None, permutations=99)
+    teachers = {"teacher": [f"t{i}" for i in range(20)], "other": [f"o{i}" for i in range(20)]}
+    evidence = {"answers": teachers["teacher"][:8] + ["own words"] * 12,
+                "d": [0.5] * 8 + [-0.1] * 12}
+    first = study.p_values(evidence, 8, teachers, None, None, permutations=99)
     assert first["agreement"] == pytest.approx(1 / 12870)  # 8 of 8 vs 0 of 8: 1 / C(16, 8)
+    assert first["agree_teacher"] == 1.0 and first["agree_other"] == 0.0
     assert first["likelihood"] == pytest.approx(1 / 256)  # every d > 0, exact over 2^8
     assert np.isnan(first["watermark"])  # no watermark, no test
-    assert study.p_values(evidence, 20, None, None, permutations=99)["agreement"] > first[
-        "agreement"]
+    everything = study.p_values(evidence, 20, teachers, None, None, permutations=99)
+    assert everything["agreement"] > first["agreement"]
+    near = {**evidence, "answers": ["t0 x"] + evidence["answers"][1:]}  # one word added
+    assert study.p_values(near, 8, teachers, None, None, max_edit=0.5)["agree_teacher"] == 1.0
+    assert study.p_values(near, 8, teachers, None, None)["agree_teacher"] == 7 / 8
 
 
 def test_summary_reports_each_test_that_ran():

@@ -61,40 +61,36 @@ def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
     return draw("teacher", from_teacher) + draw("reference", size - from_teacher)
 
 
-def evidence(answers: dict[str, list[str]], logliks: dict[str, np.ndarray],
-             max_edit: float = 0.0) -> dict:
-    """The per-prompt evidence about one student S, kept so that any number of the
-    prompts can be tested later (`p_values`): whether S's answer agrees with T's and
-    with T''s, d of the likelihood test (the initialisation as R), and S's answers.
-    `answers` and `logliks` are keyed suspect / teacher / other and suspect_teacher,
-    suspect_other, init_teacher, init_other (the scorer, then whose answers)."""
-    s = answers["suspect"]
-    return {
-        "agrees_teacher": [provenance.answers_agree(a, b, max_edit)
-                           for a, b in zip(s, answers["teacher"])],
-        "agrees_other": [provenance.answers_agree(a, b, max_edit)
-                         for a, b in zip(s, answers["other"])],
-        "d": ((logliks["suspect_teacher"] - logliks["init_teacher"])
-              - (logliks["suspect_other"] - logliks["init_other"])).tolist(),
-        "answers": s,
-    }
+def evidence(answers: list[str], logliks: dict[str, np.ndarray]) -> dict:
+    """What the tests need of one student S, per prompt, so that they can be run later
+    on any number of the prompts and at any `max_edit` (`p_values`): S's answers, and d
+    of the likelihood test with the initialisation as R. `logliks` are keyed
+    suspect_teacher, suspect_other, init_teacher, init_other (scorer, whose answers)."""
+    return {"answers": answers,
+            "d": ((logliks["suspect_teacher"] - logliks["init_teacher"])
+                  - (logliks["suspect_other"] - logliks["init_other"])).tolist()}
 
 
-def p_values(evidence: dict, prompts: int, tokenizer, messages, watermark=None,
-             permutations: int = 2000, seed: int = 0) -> dict:
+def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], tokenizer,
+             messages, watermark=None, max_edit: float = 0.0, permutations: int = 2000,
+             seed: int = 0) -> dict:
     """The three p-values of one student on its first `prompts` prompts: output
-    agreement with T against T' (one-sided Fisher exact; with one other model Holm
-    changes nothing), the likelihood lift over the initialisation (sign flips), and the
-    watermark (Binomial), the last NaN without a watermark."""
-    teacher = sum(evidence["agrees_teacher"][:prompts])
-    other = sum(evidence["agrees_other"][:prompts])
-    d = np.asarray(evidence["d"][:prompts])
-    found = {"agreement": provenance.fisher_greater(teacher, prompts, other, prompts),
-             "likelihood": provenance.sign_flip_test(d, permutations, seed)["p_value"],
-             "watermark": float("nan")}
+    agreement with T's answers against T''s (`teachers`: teacher / other; one-sided
+    Fisher exact, which Holm leaves as it is with one other model), the likelihood lift
+    over the initialisation (sign flips), and the watermark (Binomial; NaN without one).
+    Also the shares of answers that agree with each teacher."""
+    answers = evidence["answers"][:prompts]
+    agree = {role: sum(provenance.answers_agree(a, b, max_edit)
+                       for a, b in zip(answers, teachers[role])) for role in ("teacher", "other")}
+    found = {"agreement": provenance.fisher_greater(agree["teacher"], prompts, agree["other"],
+                                                    prompts),
+             "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
+                                                     permutations, seed)["p_value"],
+             "watermark": float("nan"),
+             "agree_teacher": agree["teacher"] / prompts, "agree_other": agree["other"] / prompts}
     if watermark is not None:
         found["watermark"] = provenance.watermark_radioactivity(
-            tokenizer, messages[:prompts], evidence["answers"][:prompts], watermark)["p_value"]
+            tokenizer, messages[:prompts], answers, watermark)["p_value"]
     return found
 
 
