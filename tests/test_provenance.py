@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import numpy as np
@@ -19,11 +18,21 @@ def test_holm_against_a_hand_worked_example():
     assert provenance.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1, monotone
 
 
-def test_fisher_exact_against_the_lady_tasting_tea():
-    assert provenance.fisher_greater(4, 4, 0, 4) == pytest.approx(1 / 70)
-    # 3 of 4 vs 1 of 4: tables at least as extreme: 3-1 (16/70) and 4-0 (1/70)
-    assert provenance.fisher_greater(3, 4, 1, 4) == pytest.approx(17 / 70)
-    assert provenance.fisher_greater(0, 5, 5, 5) == pytest.approx(1.0)
+def test_mcnemar_counts_only_the_prompts_that_tell_the_models_apart():
+    assert provenance.mcnemar_greater(5, 0) == pytest.approx(1 / 32)
+    assert provenance.mcnemar_greater(3, 1) == pytest.approx(5 / 16)  # P(X >= 3), X ~ B(4, .5)
+    assert provenance.mcnemar_greater(0, 0) == 1.0  # no discordant prompt: no evidence
+
+
+def test_mcnemar_p_values_are_honest_on_paired_answers():
+    """S copies neither model: it agrees with A or with B (never both) on a prompt with
+    the same chance. Over 400 such suspects p < 0.05 at most about 5% of the time."""
+    rng = np.random.default_rng(0)
+    p = []
+    for _ in range(400):
+        picks = rng.choice(3, size=60, p=[0.3, 0.3, 0.4])  # agrees with A, with B, neither
+        p.append(provenance.mcnemar_greater(int((picks == 0).sum()), int((picks == 1).sum())))
+    assert np.mean(np.array(p) <= 0.05) <= 0.07
 
 
 def test_token_edit_distance_counts_word_edits():
@@ -55,7 +64,7 @@ def test_output_agreement_says_what_it_needs():
     with pytest.raises(ValueError, match="two or more models"):
         provenance.output_agreement(["x"] * 10, {"A": ["x"] * 10})
     need = provenance.min_prompts_agreement(0.05, 2)
-    assert 1 / math.comb(2 * need, need) <= 0.025 < 1 / math.comb(2 * need - 2, need - 1)
+    assert 2.0 ** -need <= 0.025 < 2.0 ** -(need - 1)
     with pytest.raises(provenance.TooFewPrompts, match=f"at least {need} prompts"):
         few = need - 1
         provenance.output_agreement(["x"] * few, {"A": ["x"] * few, "B": ["y"] * few,
@@ -68,6 +77,7 @@ def test_sign_flip_exact_and_sampled():
     sampled = provenance.sign_flip_test(np.ones(40), permutations=999)
     assert sampled["p_value"] == pytest.approx(1 / 1000)  # (1 + 0) / (1 + 999)
     assert provenance.sign_flip_test([1.0, np.nan, 2.0])["prompts"] == 2
+    assert np.isnan(provenance.sign_flip_test([np.nan])["p_value"])  # no data, no p-value
 
 
 def test_sign_flip_p_values_are_uniform_under_the_null():
@@ -89,6 +99,8 @@ def test_likelihood_lift_removes_the_reference_and_needs_prompts():
     assert learnt["p_value"] < 1e-3 and learnt["mean_d"] == pytest.approx(0.5)
     with pytest.raises(provenance.TooFewPrompts, match="at least 5 prompts"):
         provenance.likelihood_lift([1.0] * 4, [0.0] * 4)
+    with pytest.raises(ValueError, match="at least 19"):
+        provenance.likelihood_lift([1.0] * 40, [0.0] * 40, permutations=10)
 
 
 def test_answer_logliks_equal_a_direct_forward(tiny_model_teacher_vocab, teacher_tokenizer):
@@ -153,3 +165,16 @@ def test_a_student_of_a_watermarked_teacher_is_radioactive(tiny_model_factory):
         found[name] = detect([text[1:] for text in written], mark)  # from the last prompt token
     assert found["marked"]["p_value"] < 1e-4 and found["marked"]["green_share"] > 0.35
     assert found["plain"]["p_value"] > 1e-3
+
+
+def test_a_study_without_its_watermark_key_stops_before_any_work(tmp_path, monkeypatch):
+    from distill.pipeline import run_study
+
+    monkeypatch.delenv("DISTILL_WATERMARK_KEY", raising=False)
+    study_file = tmp_path / "study.yaml"
+    study_file.write_text(f"output_dir: {tmp_path / 'out'}\n")
+    with pytest.raises(ValueError, match="DISTILL_WATERMARK_KEY is not set"):
+        run_study(study_file, {})
+    with pytest.raises(ValueError, match="unknown parameter.*no_such_setting"):
+        run_study(study_file, {"no_such_setting": 1})
+    assert not (tmp_path / "out").exists()

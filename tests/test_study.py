@@ -57,12 +57,13 @@ def test_p_values_on_a_prefix_of_the_prompts():
     evidence = {"answers": teachers["teacher"][:8] + ["own words"] * 12,
                 "d": [0.5] * 8 + [-0.1] * 12}
     first = study.p_values(evidence, 8, teachers, None, None, permutations=99)
-    assert first["agreement"] == pytest.approx(1 / 12870)  # 8 of 8 vs 0 of 8: 1 / C(16, 8)
+    assert first["agreement"] == pytest.approx(1 / 256)  # 8 prompts only T's: 2^-8
     assert first["agree_teacher"] == 1.0 and first["agree_other"] == 0.0
     assert first["likelihood"] == pytest.approx(1 / 256)  # every d > 0, exact over 2^8
     assert np.isnan(first["watermark"])  # no watermark, no test
     everything = study.p_values(evidence, 20, teachers, None, None, permutations=99)
-    assert everything["agreement"] > first["agreement"]
+    # prompts where S agrees with neither teacher tell them apart no better
+    assert everything["agreement"] == first["agreement"] and everything["agree_teacher"] == 0.4
     near = {**evidence, "answers": ["t0 x"] + evidence["answers"][1:]}  # one word added
     assert study.p_values(near, 8, teachers, None, None, max_edit=0.5)["agree_teacher"] == 1.0
     assert study.p_values(near, 8, teachers, None, None)["agree_teacher"] == 7 / 8
@@ -79,3 +80,21 @@ def test_summary_reports_each_test_that_ran():
     assert summary.loc["output agreement", "fpr_at_alpha"] == pytest.approx(0.25)
     assert summary.loc["likelihood", "auc"] == 1.0
     assert summary.loc["likelihood", "power_at_alpha"] == 1.0
+
+
+def test_check_arms_needs_positives_and_nulls():
+    study.check_arms({"teacher": 2, "reference": 3, "dilute_5": 1})
+    with pytest.raises(ValueError, match="needs teacher students"):
+        study.check_arms({"reference": 3})
+    with pytest.raises(ValueError, match="needs teacher students"):
+        study.check_arms({"teacher": 3, "dilute_25": 2})
+    with pytest.raises(ValueError, match="count of students"):
+        study.check_arms({"teacher": -1, "other": 2})
+
+
+def test_a_study_goes_on_only_with_what_its_students_depend_on(tmp_path):
+    parameters = {name: 1 for name in study.STUDENT_PARAMETERS}
+    study.check_resume(tmp_path, parameters)
+    study.check_resume(tmp_path, parameters)  # the same: fine
+    with pytest.raises(ValueError, match="other values of lr, seed"):
+        study.check_resume(tmp_path, {**parameters, "seed": 2, "lr": 0.5})

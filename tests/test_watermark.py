@@ -141,7 +141,13 @@ def test_key_comes_from_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="MY_MARK is not set"):
         from_env("MY_MARK")
     monkeypatch.setenv("MY_MARK", "s3cret")
-    assert from_env("MY_MARK", gamma=0.5).gamma == 0.5
+    with pytest.raises(ValueError, match="fewer than 16 characters"):
+        from_env("MY_MARK")
+    monkeypatch.setenv("MY_MARK", "a long enough s3cret")
+    mark = from_env("MY_MARK", gamma=0.5)
+    assert mark.gamma == 0.5 and "s3cret" not in repr(mark)
+    with pytest.raises(ValueError, match="gamma"):
+        Watermark("k", gamma=1.0)
 
 
 def test_params_refuse_a_watermark_they_cannot_apply(tmp_path, monkeypatch):

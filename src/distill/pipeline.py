@@ -190,6 +190,15 @@ def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bo
     if unknown:
         raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; notebooks/"
                          f"{notebook_name} takes {', '.join(n for n in known if n != 'run_dir')}")
+    if "watermark_key_env" in known:  # a missing key stops here, not after an hour
+        import ast
+
+        from .watermark import from_env
+
+        key_env = parameters.get("watermark_key_env",
+                                 ast.literal_eval(known["watermark_key_env"]["default"]))
+        if key_env:
+            from_env(key_env)  # ValueError saying what to export, or to pass None
     run_dir = (run_dir or new_run_dir(parameters.get("output_dir", "outputs"), name)).resolve()
     update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     parameters=parameters, environment=environment())

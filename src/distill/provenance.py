@@ -46,15 +46,16 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def fisher_greater(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:
-    """One-sided Fisher exact test that A's rate exceeds B's: given the total hits
-    K = hits_a + hits_b, A's hits are hypergeometric under the null of equal rates, and
-    p = P(X >= hits_a), X ~ Hypergeometric(n_a + n_b, K, n_a)."""
-    total = hits_a + hits_b
-    denominator = math.comb(n_a + n_b, total)
-    upper = sum(math.comb(n_a, k) * math.comb(n_b, total - k)
-                for k in range(hits_a, min(n_a, total) + 1))
-    return upper / denominator
+def mcnemar_greater(only_a: int, only_b: int) -> float:
+    """One-sided exact McNemar test that S agrees with A more often than with B, on the
+    same prompts: of the prompts where S agrees with exactly one of them (`only_a` +
+    `only_b`), each is A's or B's with chance 1/2 under the null, so
+    p = P(X >= only_a), X ~ Binomial(only_a + only_b, 1/2). Paired, unlike a
+    two-proportion test: S agreeing with A on a prompt makes it less likely to agree with
+    B there, and a test that assumed the counts independent would give p-values too small."""
+    from .watermark import binomial_upper_tail
+
+    return binomial_upper_tail(only_a, only_a + only_b, 0.5) if only_a + only_b else 1.0
 
 
 def token_edit_distance(a: str, b: str) -> int:
@@ -77,11 +78,10 @@ def answers_agree(a: str, b: str, max_edit: float = 0.0) -> bool:
 
 
 def min_prompts_agreement(alpha: float, comparisons: int) -> int:
-    """The fewest prompts with which the best possible outcome (every answer of the
-    best model agreeing, none of another's) reaches alpha after Holm's correction:
-    1 / C(2n, n) <= alpha / comparisons."""
-    return next(n for n in itertools.count(1)
-                if 1 / math.comb(2 * n, n) <= alpha / max(comparisons, 1))
+    """The fewest prompts with which the best possible outcome (S agreeing with the best
+    model on every prompt and with no other) reaches alpha after Holm's correction:
+    2^-n <= alpha / comparisons."""
+    return math.ceil(math.log2(max(comparisons, 1) / alpha))
 
 
 def output_agreement(suspect: list[str], models: dict[str, list[str]], max_edit: float = 0.0,
@@ -90,9 +90,10 @@ def output_agreement(suspect: list[str], models: dict[str, list[str]], max_edit:
 
     Statistic: m_j, the prompts (of n) where S's greedy answer agrees with model j's.
     Null: the best model j* agrees with S no more often than another model k. For each
-    k, a one-sided Fisher exact test of m_j* vs m_k (two proportions over n prompts),
-    Holm-corrected over the k; j* stands out when every corrected p is <= alpha, so the
-    test's p-value is the largest of them (an intersection-union test)."""
+    k, a one-sided exact McNemar test on the prompts where S agrees with only one of j*
+    and k (`mcnemar_greater`), Holm-corrected over the k; j* stands out when every
+    corrected p is <= alpha, so the test's p-value is the largest of them (an
+    intersection-union test, which Holm's correction makes conservative)."""
     if len(models) < 2:
         raise ValueError("output agreement compares S's answers with those of two or more "
                          "models (candidates and a control); it was given "
@@ -102,11 +103,14 @@ def output_agreement(suspect: list[str], models: dict[str, list[str]], max_edit:
     if n < need:
         raise TooFewPrompts(f"output agreement needs at least {need} prompts to reach "
                             f"alpha={alpha} among {len(models)} models; it has {n}")
-    matches = {name: sum(answers_agree(s, a, max_edit) for s, a in zip(suspect, answers))
-               for name, answers in models.items()}
+    agrees = {name: [answers_agree(s, a, max_edit) for s, a in zip(suspect, answers)]
+              for name, answers in models.items()}
+    matches = {name: sum(flags) for name, flags in agrees.items()}
     best = max(matches, key=matches.get)
     others = [name for name in models if name != best]
-    raw = [fisher_greater(matches[best], n, matches[k], n) for k in others]
+    raw = [mcnemar_greater(sum(a and not b for a, b in zip(agrees[best], agrees[k])),
+                           sum(b and not a for a, b in zip(agrees[best], agrees[k])))
+           for k in others]
     adjusted = holm(raw)
     return {"prompts": n, "matches": matches, "best": best,
             "comparisons": {k: {"p": p, "p_holm": q} for k, p, q in zip(others, raw, adjusted)},
@@ -121,10 +125,13 @@ def sign_flip_test(d, permutations: int = 10_000, seed: int = 0) -> dict:
     valid p-value with a finite number of draws). NaN values are dropped."""
     d = np.asarray(d, dtype=float)
     d = d[~np.isnan(d)]
-    n, observed = len(d), float(d.mean()) if len(d) else float("nan")
+    n = len(d)
+    if n == 0:
+        return {"prompts": 0, "mean_d": float("nan"), "p_value": float("nan")}
+    observed = float(d.mean())
     if n <= EXACT_SIGN_FLIPS:
         signs = np.array(list(itertools.product((1.0, -1.0), repeat=n))).reshape(-1, n)
-        means = (signs * d).mean(1) if n else np.zeros(1)
+        means = (signs * d).mean(1)
         p = float((means >= observed - 1e-12).mean())
     else:
         signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=(permutations, n))
@@ -177,6 +184,10 @@ def likelihood_lift(suspect_on_teacher, suspect_on_control, reference_on_teacher
     r_c = np.zeros_like(s_c) if reference_on_control is None else np.asarray(reference_on_control)
     d = (s_t - r_t) - (s_c - r_c)
     need = min_prompts_sign_flip(alpha)
+    if permutations < 1 / alpha - 1:
+        raise ValueError(f"permutations={permutations} can never give p <= alpha={alpha} "
+                         f"(the smallest p is 1 / (1 + permutations)); use at least "
+                         f"{math.ceil(1 / alpha - 1)}")
     if int((~np.isnan(d)).sum()) < need:
         raise TooFewPrompts(f"the likelihood test needs at least {need} prompts with "
                             f"non-empty answers to reach alpha={alpha}; it has "
@@ -200,9 +211,12 @@ def fresh_prompts(prompts: list[dict], runs: list, count: int | None, seed: int)
     """Up to `count` prompts (a seeded shuffle) that none of the given run folders trained
     on: a model is tested on prompts it has not seen answered."""
     seen: set[str] = set()
-    for run in runs:
-        if (Path(run) / SAMPLES).is_dir():
-            seen |= set(read_samples(Path(run), split="train")["prompt_id"])
+    for run in map(Path, runs):
+        # a run folder, or its student/ (or student_init/) folder inside it
+        for folder in (run, run.parent):
+            if (folder / SAMPLES).is_dir():
+                seen |= set(read_samples(folder, split="train")["prompt_id"])
+                break
     unseen = [p for p in prompts if p["prompt_id"] not in seen]
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(unseen)).tolist()

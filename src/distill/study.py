@@ -43,6 +43,49 @@ def dilution(arm: str) -> float | None:
                      "dilute_<percent>, e.g. dilute_5")
 
 
+def check_arms(arms: dict[str, int]) -> None:
+    """The arms a study can measure: known names, the teacher arm (the positives) and at
+    least one null arm (other, reference), with student counts >= 0."""
+    for arm, count in arms.items():
+        dilution(arm)
+        if not isinstance(count, int) or count < 0:
+            raise ValueError(f"arms: {arm}: expected a count of students >= 0, got {count!r}")
+    if not arms.get(POSITIVE) or not any(arms.get(arm) for arm in NULLS):
+        raise ValueError(f"arms: a study needs {POSITIVE} students (the positives) and "
+                         f"{' or '.join(NULLS)} students (the nulls); got {arms}")
+
+
+# What every student of a study depends on: a study folder goes on only with the same.
+STUDENT_PARAMETERS = ("teacher", "other_teacher", "prompts", "train_prompts", "test_prompts",
+                      "max_new_tokens", "temperature", "reference_text", "block_size",
+                      "examples_per_student", "prune_recipe", "student_size", "epochs",
+                      "batch_size", "lr", "watermark_gamma", "watermark_delta", "precision",
+                      "seed")
+
+
+def check_resume(run_dir, parameters: dict, watermark=None) -> None:
+    """Record what the study's students depend on (`STUDENT_PARAMETERS` and the
+    watermark key's id) in its folder, or, going on in a folder that has them, refuse
+    other values: old students would be compared with new teachers' answers. More
+    students per arm, and another max_edit, alpha or power_prompts, are fine."""
+    from pathlib import Path
+
+    from .runs import read_json, write_json
+
+    key = {**{name: parameters[name] for name in STUDENT_PARAMETERS},
+           "watermark": watermark.key_id if watermark else None}
+    path = Path(run_dir) / "study_key.json"
+    saved = read_json(path, None)
+    if saved is None:
+        write_json(path, key)
+        return
+    changed = sorted(name for name in key if saved.get(name) != key[name])
+    if changed:
+        raise ValueError(f"{run_dir} was made with other values of {', '.join(changed)} "
+                         f"({', '.join(f'{n}={saved.get(n)!r}' for n in changed)}); its "
+                         "students depend on them: start a new study for new values")
+
+
 def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
                  rng: np.random.Generator) -> list[Example]:
     """`size` training examples of an arm, drawn at random (with replacement only when
@@ -76,14 +119,16 @@ def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], token
              seed: int = 0) -> dict:
     """The three p-values of one student on its first `prompts` prompts: output
     agreement with T's answers against T''s (`teachers`: teacher / other; one-sided
-    Fisher exact, which Holm leaves as it is with one other model), the likelihood lift
+    exact McNemar, which Holm leaves as it is with one other model), the likelihood lift
     over the initialisation (sign flips), and the watermark (Binomial; NaN without one).
     Also the shares of answers that agree with each teacher."""
     answers = evidence["answers"][:prompts]
-    agree = {role: sum(provenance.answers_agree(a, b, max_edit)
-                       for a, b in zip(answers, teachers[role])) for role in ("teacher", "other")}
-    found = {"agreement": provenance.fisher_greater(agree["teacher"], prompts, agree["other"],
-                                                    prompts),
+    agrees = {role: [provenance.answers_agree(a, b, max_edit)
+                     for a, b in zip(answers, teachers[role])] for role in ("teacher", "other")}
+    agree = {role: sum(flags) for role, flags in agrees.items()}
+    pairs = list(zip(agrees["teacher"], agrees["other"]))
+    found = {"agreement": provenance.mcnemar_greater(sum(t and not o for t, o in pairs),
+                                                     sum(o and not t for t, o in pairs)),
              "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
                                                      permutations, seed)["p_value"],
              "watermark": float("nan"),

@@ -23,13 +23,15 @@ The key comes from an environment variable, like an API key; runs record only it
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 DEFAULT_KEY_ENV = "DISTILL_WATERMARK_KEY"
+MIN_KEY_LENGTH = 16
 _MASK = (1 << 63) - 1  # keeps int64 products non-negative, so >> shifts in zeros
 
 
@@ -41,20 +43,31 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 29)
 
 
+def _keyed(key: str, purpose: str) -> bytes:
+    """HMAC-SHA256 of `purpose` under the key: values for different purposes that reveal
+    nothing of each other or of the key."""
+    return hmac.new(key.encode(), purpose.encode(), hashlib.sha256).digest()
+
+
 @dataclass(frozen=True)
 class Watermark:
-    key: str
+    key: str = field(repr=False)  # never printed
     gamma: float = 0.25  # the green share of the vocabulary
     delta: float = 2.0   # the logit bonus of green tokens
 
+    def __post_init__(self):
+        if not 0 < self.gamma < 1:
+            raise ValueError(f"watermark gamma must lie strictly between 0 and 1, got {self.gamma}")
+
     @property
     def key_id(self) -> str:
-        """A public name for the key: its sha256, cut short."""
-        return hashlib.sha256(self.key.encode()).hexdigest()[:12]
+        """A public name for the key, which tells keys apart and reveals nothing of the
+        hash seed (another HMAC of the key)."""
+        return _keyed(self.key, "distill-watermark-id").hex()[:12]
 
     @property
     def _seed(self) -> int:
-        return int.from_bytes(hashlib.sha256(self.key.encode()).digest()[:7], "big")
+        return int.from_bytes(_keyed(self.key, "distill-watermark-seed")[:8], "big") & _MASK
 
     def green(self, previous: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Whether each token is green after its previous token (broadcasting shapes)."""
@@ -80,9 +93,13 @@ def from_env(key_env: str = DEFAULT_KEY_ENV, gamma: float = 0.25,
              delta: float = 2.0) -> Watermark:
     """The watermark whose key is in the environment variable `key_env`."""
     key = os.environ.get(key_env, "")
-    if not key:
-        raise ValueError(f"the watermark key variable {key_env} is not set or empty; "
-                         f"export {key_env}=<secret> (any string) before sampling or detecting")
+    if len(key) < MIN_KEY_LENGTH:
+        state = (f"holds fewer than {MIN_KEY_LENGTH} characters" if key
+                 else "is not set or empty")
+        raise ValueError(f"the watermark key variable {key_env} {state}; export {key_env}=<a "
+                         f"secret of {MIN_KEY_LENGTH}+ characters> before sampling or detecting "
+                         "(a short key can be guessed from its public id), or set "
+                         "watermark_key_env to None for no watermark")
     return Watermark(key, gamma, delta)
 
 
