@@ -58,9 +58,12 @@ def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
     students = pd.read_csv(folder / "study_students.csv")
     assert sorted(students["arm"].unique()) == ["dilute_25", "other", "reference", "teacher"]
     assert len(students) == 7
-    assert students[["agreement", "likelihood", "watermark"]].stack().between(0, 1).all()
+    tests = ["agreement", "likelihood", "likelihood_healed", "watermark"]
+    assert students[tests].stack().between(0, 1).all()
     summary = pd.read_csv(folder / "study_summary.csv")
-    assert list(summary["test"]) == ["output agreement", "likelihood", "watermark"]
+    assert list(summary["test"]) == ["output agreement", "likelihood (R: init)",
+                                     "likelihood (R: init + reference text)", "watermark"]
+    assert (folder / "healed_reference.json").exists()
     assert (folder / "figures" / "provenance_study.png").exists()
     assert len(list((folder / "students").glob("*/evidence.json"))) == 7
     assert not list((folder / "students").glob("*/checkpoints"))  # weights are not kept

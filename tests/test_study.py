@@ -60,7 +60,10 @@ def test_p_values_on_a_prefix_of_the_prompts():
     assert first["agreement"] == pytest.approx(1 / 256)  # 8 prompts only T's: 2^-8
     assert first["agree_teacher"] == 1.0 and first["agree_other"] == 0.0
     assert first["likelihood"] == pytest.approx(1 / 256)  # every d > 0, exact over 2^8
-    assert np.isnan(first["watermark"])  # no watermark, no test
+    assert np.isnan(first["watermark"]) and np.isnan(first["likelihood_healed"])  # not run
+    shifted = study.p_values(evidence, 8, teachers, None, None, permutations=99,
+                             shift=np.full(20, -1.0))
+    assert shifted["likelihood_healed"] == 1.0  # every d - 1 < 0
     everything = study.p_values(evidence, 20, teachers, None, None, permutations=99)
     # prompts where S agrees with neither teacher tell them apart no better
     assert everything["agreement"] == first["agreement"] and everything["agree_teacher"] == 0.4
@@ -76,6 +79,7 @@ def test_summary_reports_each_test_that_ran():
         "likelihood": [0.01, 0.02, 0.03, 0.5, 0.5, 0.5, 0.5],
         "watermark": [np.nan] * 7})
     summary = study.summary(table).set_index("test")
+    summary.index = summary.index.str.replace("likelihood (R: init)", "likelihood", regex=False)
     assert list(summary.index) == ["output agreement", "likelihood"]
     assert summary.loc["output agreement", "fpr_at_alpha"] == pytest.approx(0.25)
     assert summary.loc["likelihood", "auc"] == 1.0
@@ -98,3 +102,13 @@ def test_a_study_goes_on_only_with_what_its_students_depend_on(tmp_path):
     study.check_resume(tmp_path, parameters)  # the same: fine
     with pytest.raises(ValueError, match="other values of lr, seed"):
         study.check_resume(tmp_path, {**parameters, "seed": 2, "lr": 0.5})
+
+
+def test_healed_shift_moves_d_to_the_healed_reference():
+    """d against R' equals (S_T - S_C) - (R'_T - R'_C), computed from d against init."""
+    rng = np.random.default_rng(0)
+    s_t, s_c, i_t, i_c, h_t, h_c = rng.normal(size=(6, 10))
+    d_init = (s_t - i_t) - (s_c - i_c)
+    shift = study.healed_shift({"init_teacher": i_t, "init_other": i_c},
+                               {"healed_teacher": h_t, "healed_other": h_c})
+    assert np.allclose(d_init + shift, (s_t - s_c) - (h_t - h_c))

@@ -27,7 +27,8 @@ from . import provenance
 from .samples import Example
 
 POSITIVE, NULLS = "teacher", ("other", "reference")
-TESTS = {"agreement": "output agreement", "likelihood": "likelihood", "watermark": "watermark"}
+TESTS = {"agreement": "output agreement", "likelihood": "likelihood (R: init)",
+         "likelihood_healed": "likelihood (R: init + reference text)", "watermark": "watermark"}
 STUDENTS, SUMMARY = "study_students.csv", "study_summary.csv"  # what notebook 06 writes
 
 
@@ -114,14 +115,27 @@ def evidence(answers: list[str], logliks: dict[str, np.ndarray]) -> dict:
                   - (logliks["suspect_other"] - logliks["init_other"])).tolist()}
 
 
+def healed_shift(init: dict[str, np.ndarray], healed: dict[str, np.ndarray]) -> np.ndarray:
+    """What turns a student's d against the initialisation into d against a *healed*
+    reference R' (the initialisation trained on reference text, no teacher):
+    d' = (S_T - S_C) - (R'_T - R'_C) = d + (init_T - init_C) - (R'_T - R'_C).
+
+    Why: the initialisation is T pruned, and any training heals it back towards T, so
+    students of no teacher gain more on T's answers than the bare initialisation does
+    (the study measured it). R' has healed as much without T's answers."""
+    return ((init["init_teacher"] - init["init_other"])
+            - (healed["healed_teacher"] - healed["healed_other"]))
+
+
 def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], tokenizer,
              messages, watermark=None, max_edit: float = 0.0, permutations: int = 2000,
-             seed: int = 0) -> dict:
-    """The three p-values of one student on its first `prompts` prompts: output
-    agreement with T's answers against T''s (`teachers`: teacher / other; one-sided
-    exact McNemar, which Holm leaves as it is with one other model), the likelihood lift
-    over the initialisation (sign flips), and the watermark (Binomial; NaN without one).
-    Also the shares of answers that agree with each teacher."""
+             seed: int = 0, shift=None) -> dict:
+    """The p-values of one student on its first `prompts` prompts: output agreement
+    with T's answers against T''s (`teachers`: teacher / other; one-sided exact
+    McNemar, which Holm leaves as it is with one other model), the likelihood lift over
+    the initialisation and, given `shift` (`healed_shift`), over a healed reference
+    (sign flips), and the watermark (Binomial; NaN without one). Also the shares of
+    answers that agree with each teacher."""
     answers = evidence["answers"][:prompts]
     agrees = {role: [provenance.answers_agree(a, b, max_edit)
                      for a, b in zip(answers, teachers[role])] for role in ("teacher", "other")}
@@ -131,6 +145,8 @@ def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], token
                                                      sum(o and not t for t, o in pairs)),
              "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
                                                      permutations, seed)["p_value"],
+             "likelihood_healed": float("nan") if shift is None else provenance.sign_flip_test(
+                 (np.asarray(evidence["d"]) + shift)[:prompts], permutations, seed)["p_value"],
              "watermark": float("nan"),
              "agree_teacher": agree["teacher"] / prompts, "agree_other": agree["other"] / prompts}
     if watermark is not None:
@@ -165,7 +181,7 @@ def summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
     null arms' false-positive rate at alpha with its 95% Wilson interval."""
     rows = []
     for test in TESTS:
-        if table[test].isna().all():
+        if test not in table or table[test].isna().all():  # not run
             continue
         pos = table.loc[table["arm"] == POSITIVE, test]
         neg = table.loc[table["arm"].isin(NULLS), test]
@@ -185,7 +201,7 @@ def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
     p = hits / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
+    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
 
 
 def plot(table: pd.DataFrame, power: pd.DataFrame, alpha: float = 0.05):
@@ -193,7 +209,7 @@ def plot(table: pd.DataFrame, power: pd.DataFrame, alpha: float = 0.05):
     the number of prompts, and detection against the share of T's data."""
     import matplotlib.pyplot as plt
 
-    tests = [t for t in TESTS if not table[t].isna().all()]
+    tests = [t for t in TESTS if t in table and not table[t].isna().all()]
     figure, axes = plt.subplots(1, 4, figsize=(18, 4))
     for test in tests:
         pos = table.loc[table["arm"] == POSITIVE, test]
