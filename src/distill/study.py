@@ -92,8 +92,10 @@ def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
     """`size` training examples of an arm, drawn at random (with replacement only when
     a pool is smaller than asked) from the pools 'teacher', 'other' and 'reference'."""
     def draw(pool: str, count: int) -> list[Example]:
-        examples = pools[pool]
-        if count and not examples:
+        if count == 0:
+            return []
+        examples = pools.get(pool, [])
+        if not examples:
             raise ValueError(f"arm {arm}: the {pool} pool is empty")
         index = rng.choice(len(examples), count, replace=count > len(examples))
         return [examples[i] for i in index]
