@@ -45,7 +45,7 @@ def test_study_files_name_only_notebook_06_parameters():
     import yaml
 
     known = papermill.inspect_notebook(str(NOTEBOOKS / "06_provenance_study.ipynb"))
-    for path in (NOTEBOOKS.parent / "params" / "provenance").glob("*.yaml"):
+    for path in (NOTEBOOKS.parent / "params" / "studies").glob("provenance_study*.yaml"):
         assert set(yaml.safe_load(path.read_text())) <= set(known) - {"run_dir"}, path
 
 

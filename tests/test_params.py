@@ -10,10 +10,10 @@ from distill.params import SECTIONS, ParamsError, RunParams, StudentTrainingPara
 
 ROOT = Path(__file__).resolve().parents[1]
 # every params file; sweep files (base + variants) are checked in test_distill_modes
-# run params; sweeps (variants) and provenance studies (notebook 06's parameters) apart
+# run params; sweeps (variants) and studies (a study notebook's parameters) apart
 PARAM_FILES = sorted(p for p in (ROOT / "params").glob("**/*.yaml")
                      if "variants" not in (yaml.safe_load(p.read_text()) or {})
-                     and p.parent.name != "provenance")
+                     and p.parent.name != "studies")
 
 
 def _write(tmp_path, text, name="params.yaml"):

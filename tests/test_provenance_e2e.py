@@ -51,10 +51,11 @@ def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
     per student, a summary and the figure."""
     monkeypatch.setenv("DISTILL_WATERMARK_KEY", "a secret study key")
     result = subprocess.run(
-        [sys.executable, "-m", "distill.cli", "provenance-study", "params/provenance/smoke.yaml",
-         "--set", f"output_dir={tmp_path}"], capture_output=True, text=True, timeout=1500)
+        [sys.executable, "-m", "distill.cli", "provenance-study",
+         "params/studies/provenance_study_smoke.yaml", "--set", f"output_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
-    (folder,) = tmp_path.glob("smoke-*")
+    (folder,) = tmp_path.glob("provenance_study_smoke-*")
     students = pd.read_csv(folder / "study_students.csv")
     assert sorted(students["arm"].unique()) == ["dilute_25", "other", "reference", "teacher"]
     assert len(students) == 7

@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         "provenance-study", help="train students of known history and measure the provenance "
         "tests on them: ROC, calibration, power (notebook 06)")
     study.add_argument("study_file", help="a YAML of notebook 06's parameters, e.g. "
-                       "params/provenance/study.yaml")
+                       "params/studies/provenance_study.yaml")
     study.add_argument("--set", dest="settings", action="append", default=[],
                        metavar="NAME=VALUE", help="override one parameter, as YAML (repeatable)")
 

@@ -1,5 +1,5 @@
 """The provenance study: do the tests of `distill.provenance` flag the students of a
-teacher T, and only them? (notebook 06, `params/provenance/`)
+teacher T, and only them? (notebook 06, `params/studies/`)
 
 Every student starts from one shared initialisation (T pruned once, by one fixed
 recipe), so whatever a test sees of T in the weights is the same in every arm, and is
