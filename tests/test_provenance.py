@@ -178,3 +178,18 @@ def test_a_study_without_its_watermark_key_stops_before_any_work(tmp_path, monke
     with pytest.raises(ValueError, match="unknown parameter.*no_such_setting"):
         run_study(study_file, {"no_such_setting": 1})
     assert not (tmp_path / "out").exists()
+
+
+def test_saved_answers_ask_the_model_once(tmp_path):
+    calls = []
+
+    def produce():
+        calls.append(1)
+        return ["a", "b"]
+
+    path = tmp_path / "answers" / "m.json"
+    assert provenance.saved_answers(path, ["p1", "p2"], 8, produce) == ["a", "b"]
+    assert provenance.saved_answers(path, ["p1", "p2"], 8, produce) == ["a", "b"]
+    assert len(calls) == 1
+    provenance.saved_answers(path, ["p1", "p3"], 8, produce)  # other prompts: asked again
+    assert len(calls) == 2

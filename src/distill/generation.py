@@ -217,7 +217,7 @@ def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int
 
 
 def chat_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
-                     batch_size: int, desc: str) -> tuple[list[str], float]:
+                 batch_size: int, desc: str) -> tuple[list[str], float]:
     """Greedy answers to each chat (token ids decoded without special tokens), and
     the generation's tokens/s."""
     prompt_ids = [encode_chat(tokenizer, m) for m in messages]

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 
 from .data import encode_chat
 from .generation import batches_by_length, right_padded_logits
-from .runs import SAMPLES
+from .runs import SAMPLES, read_json, write_json
 from .samples import read_samples
-from .watermark import Watermark, detect
+from .watermark import Watermark, binomial_upper_tail, detect
 
 TABLE, RESULTS = "provenance.csv", "provenance.json"  # what notebook 05 writes
 EXACT_SIGN_FLIPS = 16  # up to this many prompts, every sign pattern is enumerated
@@ -53,9 +53,14 @@ def mcnemar_greater(only_a: int, only_b: int) -> float:
     p = P(X >= only_a), X ~ Binomial(only_a + only_b, 1/2). Paired, unlike a
     two-proportion test: S agreeing with A on a prompt makes it less likely to agree with
     B there, and a test that assumed the counts independent would give p-values too small."""
-    from .watermark import binomial_upper_tail
-
     return binomial_upper_tail(only_a, only_a + only_b, 0.5) if only_a + only_b else 1.0
+
+
+def prefers(agrees_a: list[bool], agrees_b: list[bool]) -> float:
+    """`mcnemar_greater` on two models' per-prompt agreement with S: the one-sided p that
+    S agrees with A more often than with B, from the prompts where it agrees with one."""
+    pairs = list(zip(agrees_a, agrees_b))
+    return mcnemar_greater(sum(a and not b for a, b in pairs), sum(b and not a for a, b in pairs))
 
 
 def token_edit_distance(a: str, b: str) -> int:
@@ -108,9 +113,7 @@ def output_agreement(suspect: list[str], models: dict[str, list[str]], max_edit:
     matches = {name: sum(flags) for name, flags in agrees.items()}
     best = max(matches, key=matches.get)
     others = [name for name in models if name != best]
-    raw = [mcnemar_greater(sum(a and not b for a, b in zip(agrees[best], agrees[k])),
-                           sum(b and not a for a, b in zip(agrees[best], agrees[k])))
-           for k in others]
+    raw = [prefers(agrees[best], agrees[k]) for k in others]
     adjusted = holm(raw)
     return {"prompts": n, "matches": matches, "best": best,
             "comparisons": {k: {"p": p, "p_holm": q} for k, p, q in zip(others, raw, adjusted)},
@@ -205,6 +208,18 @@ def watermark_radioactivity(tokenizer, messages: list[list[dict]], answers: list
     texts = [encode_chat(tokenizer, m)[-1:] + tokenizer(a, add_special_tokens=False)["input_ids"]
              for m, a in zip(messages, answers)]
     return detect(texts, watermark)
+
+
+def saved_answers(path: Path, prompt_ids: list[str], max_new_tokens: int, produce) -> list[str]:
+    """A model's answers to the prompts, from `path` where they were saved for the same
+    prompts and length, else `produce()` (then saved): a re-run asks no model twice."""
+    key = {"prompt_ids": list(prompt_ids), "max_new_tokens": max_new_tokens}
+    saved = read_json(path, {})
+    if {name: saved.get(name) for name in key} == key:
+        return saved["answers"]
+    answers = produce()
+    write_json(path, {**key, "answers": answers})
+    return answers
 
 
 def fresh_prompts(prompts: list[dict], runs: list, count: int | None, seed: int) -> list[dict]:

@@ -142,9 +142,7 @@ def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], token
     agrees = {role: [provenance.answers_agree(a, b, max_edit)
                      for a, b in zip(answers, teachers[role])] for role in ("teacher", "other")}
     agree = {role: sum(flags) for role, flags in agrees.items()}
-    pairs = list(zip(agrees["teacher"], agrees["other"]))
-    found = {"agreement": provenance.mcnemar_greater(sum(t and not o for t, o in pairs),
-                                                     sum(o and not t for t, o in pairs)),
+    found = {"agreement": provenance.prefers(agrees["teacher"], agrees["other"]),
              "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
                                                      permutations, seed)["p_value"],
              "likelihood_healed": float("nan") if shift is None else provenance.sign_flip_test(

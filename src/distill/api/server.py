@@ -272,9 +272,7 @@ def load_for_serving(source: str, dtype: str = "float32"):
     from ..models import load_model
     from ..runs import STUDENT
 
+    model, tokenizer = load_model(source, dtype=dtype)  # a run folder loads its student
     path = Path(source).expanduser()
-    if (path / STUDENT / "config.json").exists():
-        model, tokenizer = load_model(str(path / STUDENT), dtype=dtype)
-        return model, tokenizer, f"{path.resolve().name}/student"
-    model, tokenizer = load_model(source, dtype=dtype)
-    return model, tokenizer, source
+    is_run = not (path / "config.json").exists() and (path / STUDENT / "config.json").exists()
+    return model, tokenizer, f"{path.resolve().name}/student" if is_run else source
