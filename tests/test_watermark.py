@@ -118,14 +118,14 @@ def test_documents_scored_under_the_watermark(tiny_model):
         assert (marked["token_logprobs"][t] > plain["token_logprobs"][t]) == green
 
 
-def test_watermark_off_leaves_the_shard_fingerprint_as_before(tiny_model, mini_tokenizer,
+def test_watermark_off_leaves_the_shard_settings_as_before(tiny_model, mini_tokenizer,
                                                               tmp_path, monkeypatch):
     """Shards sampled before watermarks existed still resume: off adds nothing to the
-    fingerprint; on, the fingerprint names the key id, never the key."""
+    settings; on, the settings name the key id, never the key."""
     seen = []
     monkeypatch.setattr(sampling, "sample_shards",
-                        lambda run_dir, train, heldout, size, fingerprint, fn, **kw:
-                        seen.append(fingerprint))
+                        lambda run_dir, train, heldout, size, settings, fn, **kw:
+                        seen.append(settings))
     for used in (None, Watermark("a secret", delta=1.0)):
         sampling.sample_teacher(tiny_model, mini_tokenizer(eos_token_id=63), [], [], tmp_path,
                                 seed=0, shard_size=4, batch_size=2, watermark=used,

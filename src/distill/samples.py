@@ -11,7 +11,7 @@ needs to align the teacher's tokens with its own (`distill.alignment`), with the
 teacher out of memory or behind an API. Shards of schema 1 are still read (those
 columns empty). Rows live in shards of
 `shard_size` prompts under `samples/` in the run folder, each written
-atomically and stamped with the settings that made it (its fingerprint), so a
+atomically and stamped with the settings that made it (`distill.settings`), so a
 re-run resumes shard by shard and never mixes samples made under other settings.
 
 Readers: `read_samples` (a DataFrame), and the training view of a sample,
@@ -74,7 +74,7 @@ def shard_path(run_dir: Path, index: int, source: str = "chat") -> Path:
 
 
 def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_size: int,
-                  fingerprint: dict, sample_shard, plan=None, source: str = "chat") -> dict:
+                  settings: dict, sample_shard, plan=None, source: str = "chat") -> dict:
     """The shard loop of every backend: held-out then training prompts, `shard_size`
     per Parquet shard, each written atomically.
 
@@ -90,13 +90,13 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
     'shards_skipped', 'failed_prompts'}.
     """
     prompts = [(p, "heldout") for p in heldout] + [(p, "train") for p in train]
-    settings = json.dumps(fingerprint, sort_keys=True)
+    stamp = json.dumps(settings, sort_keys=True)
     shards = [prompts[i:i + shard_size] for i in range(0, len(prompts), shard_size)]
     stats = {"tokens": 0, "seconds": 0.0, "shards_written": 0, "shards_skipped": 0,
              "failed_prompts": []}
     progress = tqdm(total=len(prompts), desc=f"teacher sampling ({source})", unit="prompt")
     todo = {index: pending for index, shard in enumerate(shards)
-            if (pending := _pending(shard_path(run_dir, index, source), shard, settings))}
+            if (pending := _pending(shard_path(run_dir, index, source), shard, stamp))}
     if plan is not None:
         plan(list(todo.items()), progress)
     for index, shard in enumerate(shards):
@@ -119,7 +119,7 @@ def sample_shards(run_dir: Path, train: list[dict], heldout: list[dict], shard_s
         done = {**kept, **new}
         if done:  # a shard of failures only is not written: a re-run starts it afresh
             _write_shard(path, [done[p["prompt_id"]] for p, _ in shard
-                                if p["prompt_id"] in done], settings, missing)
+                                if p["prompt_id"] in done], stamp, missing)
             stats["shards_written"] += 1
     progress.close()
     stats["tokens_per_second"] = stats["tokens"] / stats["seconds"] if stats["seconds"] else None
@@ -131,7 +131,7 @@ def _pending(path: Path, shard: list[tuple[dict, str]], settings: str) -> list:
     a shard written before (under the same settings), none of a complete one."""
     if not path.exists():
         return shard
-    _check_fingerprint(path, settings)
+    _check_settings(path, settings)
     missing = set(missing_prompts(path))
     return [(prompt, split) for prompt, split in shard if prompt["prompt_id"] in missing]
 
@@ -154,9 +154,9 @@ def make_row(prompt: dict, split: str, prompt_ids: list[int], completion_ids: li
     }
 
 
-def _write_shard(path: Path, rows: list[dict], fingerprint: str, missing: list[str]) -> None:
+def _write_shard(path: Path, rows: list[dict], settings: str, missing: list[str]) -> None:
     table = pa.Table.from_pylist(rows, schema=SAMPLE_SCHEMA).replace_schema_metadata(
-        {"distill.schema_version": SCHEMA_VERSION, "distill.settings": fingerprint,
+        {"distill.schema_version": SCHEMA_VERSION, "distill.settings": settings,
          "distill.missing": json.dumps(missing)})
     with atomic_file(path, "wb") as handle:
         pq.write_table(table, handle)
@@ -168,12 +168,12 @@ def missing_prompts(path: Path) -> list[str]:
     return json.loads(metadata.get(b"distill.missing", b"[]"))
 
 
-def _check_fingerprint(path: Path, fingerprint: str) -> None:
+def _check_settings(path: Path, settings: str) -> None:
     metadata = pq.read_schema(path).metadata or {}
     found = metadata.get(b"distill.settings", b"").decode()
-    if found != fingerprint:
+    if found != settings:
         raise SamplesError(f"{path} was sampled with other settings ({found}); this run asks "
-                            f"for {fingerprint}. Delete {path.parent} or use a new run folder.")
+                            f"for {settings}. Delete {path.parent} or use a new run folder.")
 
 
 def read_samples(run_dir: Path, split: str | None = None,

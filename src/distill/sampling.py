@@ -41,7 +41,7 @@ def _token_bytes(tokenizer) -> TokenBytes | None:
 
 
 def _marked(watermark) -> dict:
-    """The fingerprint entry of a watermark: none when off, so that shards sampled
+    """The shard-settings entry of a watermark: none when off, so that shards sampled
     before watermarks existed still resume."""
     return {} if watermark is None else {"watermark": watermark.describe()}
 
@@ -69,9 +69,9 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
         return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
-    fingerprint = {"seed": seed, "shard_size": shard_size, **settings,
-                   **_marked(watermark)}
-    return sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard)
+    stamp = {"seed": seed, "shard_size": shard_size, **settings,
+             **_marked(watermark)}
+    return sample_shards(run_dir, train, heldout, shard_size, stamp, sample_shard)
 
 
 def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path, seed: int,
@@ -95,9 +95,9 @@ def sample_generic(model, tokenizer, seeds: list[str], count: int, run_dir: Path
         return [_row(p, split, ids, out, vocab, tokenizer)
                 for (p, split), ids, out in zip(shard, prompt_ids, outputs)]
 
-    fingerprint = {"seed": seed, "shard_size": shard_size, "count": count, **settings,
-                   **_marked(watermark)}
-    return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
+    stamp = {"seed": seed, "shard_size": shard_size, "count": count, **settings,
+             **_marked(watermark)}
+    return sample_shards(run_dir, prompts, [], shard_size, stamp, sample_shard,
                          source="generic")
 
 
@@ -123,7 +123,7 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
         return [_row(p, split, window[:1], {"completion_ids": window[1:], **out}, vocab,
                      tokenizer) for (p, _), window, out in zip(shard, chosen, scored)]
 
-    fingerprint = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
-                   "shard_size": shard_size, "texts": sorted(texts), **_marked(watermark)}
-    return sample_shards(run_dir, prompts, [], shard_size, fingerprint, sample_shard,
+    stamp = {"block_size": block_size, "top_k_logprobs": top_k_logprobs,
+             "shard_size": shard_size, "texts": sorted(texts), **_marked(watermark)}
+    return sample_shards(run_dir, prompts, [], shard_size, stamp, sample_shard,
                          source=source)

@@ -212,10 +212,10 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
 
     # The model and settings define the samples; the address may change between runs
     # (a restarted server, a proxy), so a resumed run may reach the teacher elsewhere.
-    fingerprint = {"backend": "openai", "model": endpoint.model, "seed": seed,
-                   "shard_size": shard_size, **settings}
+    stamp = {"backend": "openai", "model": endpoint.model, "seed": seed,
+             "shard_size": shard_size, **settings}
     try:
-        stats = sample_shards(run_dir, train, heldout, shard_size, fingerprint, sample_shard,
+        stats = sample_shards(run_dir, train, heldout, shard_size, stamp, sample_shard,
                               plan)
     finally:  # on a stop (an error, an interrupt) queued and waiting requests give up
         teacher.stopped.set()
