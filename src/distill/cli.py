@@ -1,4 +1,5 @@
-"""`distill` command line: run, sweep, compare, provenance, serve, models, params."""
+"""`distill` command line: run, sweep, compare, provenance, study, fingerprint, serve,
+models, params."""
 
 from __future__ import annotations
 
@@ -81,12 +82,28 @@ def main(argv: list[str] | None = None) -> int:
     provenance.add_argument("--output-dir", help="where the folder goes (default outputs)")
 
     study = commands.add_parser(
-        "provenance-study", help="train students of known history and measure the provenance "
-        "tests on them: ROC, calibration, power (notebook 06)")
-    study.add_argument("study_file", help="a YAML of notebook 06's parameters, e.g. "
-                       "params/studies/provenance_study.yaml")
+        "study", aliases=["provenance-study"], help="run a study file of params/studies/: "
+        "provenance (notebook 06), drift (07) or collapse (08), as its `study:` key says")
+    study.add_argument("study_file", help="a study YAML, e.g. params/studies/teacher_drift.yaml, "
+                       "or a study folder to go on in")
     study.add_argument("--set", dest="settings", action="append", default=[],
                        metavar="NAME=VALUE", help="override one parameter, as YAML (repeatable)")
+
+    fingerprint = commands.add_parser(
+        "fingerprint", help="record a teacher's answers to fixed probes, or check that a model "
+        "or endpoint is still the one recorded (exit 0: same model, 1: changed)")
+    fingerprint.add_argument("model", help="BASE_URL#MODEL (an endpoint), embedded name, "
+                             "folder, or run folder (its student)")
+    fingerprint.add_argument("-o", "--output", default="fingerprint.json",
+                             help="where to write a new fingerprint (default %(default)s)")
+    fingerprint.add_argument("--check", metavar="FILE",
+                             help="compare with this fingerprint, or a run folder's teacher "
+                             "fingerprint, instead of recording")
+    fingerprint.add_argument("--dtype", default="float32",
+                             choices=["float32", "bfloat16", "float16"],
+                             help="a local model's weights (default %(default)s)")
+    fingerprint.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
+                             help="the endpoint's key (default %(default)s)")
 
     commands.add_parser("models", help="list the embedded teachers and whether each is installed")
     commands.add_parser("params", help="list every parameter with its default and meaning")
@@ -116,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             return _compare(args.runs, args.csv)
         if args.command == "provenance":
             return _provenance(args)
-        if args.command == "provenance-study":
+        if args.command in ("study", "provenance-study"):
             return _study(args)
+        if args.command == "fingerprint":
+            return _fingerprint(args)
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
@@ -194,9 +213,35 @@ def _study(args) -> int:
     from .study import SUMMARY
 
     run_dir = run_study(args.study_file, _settings(args.settings))
-    with pd.option_context("display.width", 200):
-        print(pd.read_csv(run_dir / SUMMARY).round(3).to_string(index=False))
+    if (run_dir / SUMMARY).exists():  # every study writes its headline table there
+        with pd.option_context("display.width", 200):
+            print(pd.read_csv(run_dir / SUMMARY).round(3).to_string(index=False))
     return 0
+
+
+def _fingerprint(args) -> int:
+    from .api import fingerprint
+    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
+    from .runs import write_json
+
+    old = fingerprint.load(args.check) if args.check else None  # a bad file stops here
+    if is_endpoint(args.model):
+        endpoint = endpoint_from_spec(args.model, args.api_key_env)
+        check_endpoint(endpoint)
+        probes = fingerprint.EndpointProbes(endpoint)
+    else:
+        from .models import load_model
+
+        probes = fingerprint.LocalProbes(*load_model(args.model, dtype=args.dtype))
+    if old is None:
+        write_json(args.output, fingerprint.record(probes, args.model))
+        print(f"fingerprint of {args.model} written to {args.output}")
+        return 0
+    found = fingerprint.check(old, probes)
+    print(found.table().round(6).to_string(index=False))
+    print(f"{args.model} against the fingerprint of {old['model']} ({old['recorded']}): "
+          f"{found.summary()}")
+    return 1 if found.decision == fingerprint.CHANGED else 0
 
 
 def _settings(settings: list[str]) -> dict:

@@ -20,7 +20,10 @@ NOTEBOOKS = {
     "student_training": "02_student_training.ipynb",
     "evaluation": "03_evaluation.ipynb",
 }
-PROVENANCE_NOTEBOOK, STUDY_NOTEBOOK = "05_provenance.ipynb", "06_provenance_study.ipynb"
+PROVENANCE_NOTEBOOK = "05_provenance.ipynb"
+# A study file's `study:` key names its notebook (provenance when absent)
+STUDIES = {"provenance": "06_provenance_study.ipynb", "drift": "07_teacher_drift.ipynb",
+           "collapse": "08_recursive_collapse.ipynb"}
 
 
 class StageFailed(RuntimeError):
@@ -176,11 +179,12 @@ def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
 
 
 def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bool = False,
-                 run_dir: Path | None = None) -> Path:
+                 run_dir: Path | None = None, study: str | None = None) -> Path:
     """A notebook outside the three stages (05, 06) in a new folder
     <output_dir>/<name>-<time>/ (or again in `run_dir`, which it resumes), with its
     parameters checked against the notebook's parameters cell first (an unknown name is
-    a ValueError listing the known ones)."""
+    a ValueError listing the known ones). `study` goes into the manifest: the kind of
+    study a folder resumes as."""
     import papermill
 
     from .runs import environment
@@ -201,7 +205,8 @@ def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bo
             from_env(key_env)  # ValueError saying what to export, or to pass None
     run_dir = (run_dir or new_run_dir(parameters.get("output_dir", "outputs"), name)).resolve()
     update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    parameters=parameters, environment=environment())
+                    parameters=parameters, environment=environment(),
+                    **({"study": study} if study else {}))
     print(f"Folder: {run_dir}")
     _execute(Path(notebook_name).stem, notebook_name, run_dir,
              {"run_dir": str(run_dir), **parameters}, log_output)
@@ -232,22 +237,39 @@ def run_provenance(parameters: dict, log_output: bool = False) -> Path:
 
 
 def run_study(path: str | Path, overrides: dict, log_output: bool = False) -> Path:
-    """`distill provenance-study FILE`: notebook 06 on the parameters of a YAML file (its
-    parameters cell lists them) and `overrides`, both teachers checked first. Given a
+    """`distill study FILE`: the notebook a study YAML names with its `study:` key
+    (STUDIES; provenance when absent), on the file's other keys (the notebook's
+    parameters cell lists them) and `overrides`, the teachers checked first. Given a
     study folder instead, it goes on there with the parameters it was started with."""
+    from .runs import read_json
+
     path = Path(path)
     if path.is_dir():
-        from .runs import read_json
-
-        parameters = {**read_json(path / MANIFEST, {}).get("parameters", {}), **overrides}
-        return run_notebook(STUDY_NOTEBOOK, "", parameters, log_output, run_dir=path)
+        manifest = read_json(path / MANIFEST, {})
+        parameters = {**manifest.get("parameters", {}), **overrides}
+        notebook = STUDIES[manifest.get("study", "provenance")]
+        return run_notebook(notebook, "", parameters, log_output, run_dir=path)
     loaded = yaml.safe_load(path.read_text()) or {}
     if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: expected a mapping of notebook 06's parameters")
+        raise ParamsError(f"{path}: expected a mapping of a study notebook's parameters")
+    kind = loaded.pop("study", "provenance")
+    if kind not in STUDIES:
+        raise ParamsError(f"{path}: study: {kind!r} is not one of {', '.join(STUDIES)}")
     parameters = {**loaded, **overrides}
-    check_models([parameters.get("teacher", "smollm2-135m-instruct"),
-                  parameters.get("other_teacher", "gemma3-270m")])
-    return run_notebook(STUDY_NOTEBOOK, path.stem, parameters, log_output)
+    known = _defaults(STUDIES[kind])
+    check_models([parameters.get(role, known[role]) for role in ("teacher", "other_teacher")
+                  if role in known and parameters.get(role, known[role])])
+    return run_notebook(STUDIES[kind], path.stem, parameters, log_output, study=kind)
+
+
+def _defaults(notebook_name: str) -> dict:
+    """A notebook's parameters and their default values."""
+    import ast
+
+    import papermill
+
+    return {name: ast.literal_eval(spec["default"]) for name, spec in
+            papermill.inspect_notebook(str(notebooks_dir() / notebook_name)).items()}
 
 
 def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:

@@ -42,6 +42,7 @@ TRAINING_JOB = "training_job.json"  # what launched training processes read (02)
 SAMPLING_STATS = "sampling_stats.json"
 API_REQUESTS = "api_requests.csv"
 API_HEALTH = "api_health.json"
+TEACHER_FINGERPRINT = "teacher_fingerprint.json"  # an API teacher's (distill.api.fingerprint)
 METRICS = "metrics.json"
 FIGURES = "figures"
 PARAMS = "params.yaml"
