@@ -67,7 +67,9 @@ def api_run(served_teacher, key, tmp_path_factory):
                 "teacher_sampling.backend=openai", f"teacher_sampling.base_url={url}/v1",
                 f"teacher_sampling.api_key_env={KEY_ENV}", "teacher_sampling.request_timeout=40",
                 "teacher_sampling.retry_backoff=0.2",
-                "teacher_sampling.generic_samples=0"])  # an API scores no given text
+                "teacher_sampling.generic_samples=0",  # an API scores no given text
+                # the fault counts below are of sampling's requests alone
+                "teacher_sampling.fingerprint=false"])
     finally:
         patch.undo()
     return run_dir, proxy, cache

@@ -20,6 +20,7 @@ import openai
 import pandas as pd
 import pytest
 
+from conftest import make_tiny_model
 from distill import samples, sampling
 from distill.api import health
 from distill.api.client import ApiTeacherError, Endpoint, RequestCache, check_endpoint
@@ -31,7 +32,7 @@ from distill.api.retries import (
     retry_after,
 )
 from distill.api.server import create_app
-from distill.api.teacher import response_to_sample, sample_api
+from distill.api.teacher import fingerprint_endpoint, response_to_sample, sample_api
 from distill.data import load_prompts, split_prompts
 from distill.testing import BackgroundServer, FaultProxy, free_port
 from distill.token_bytes import TokenBytes
@@ -511,3 +512,19 @@ def test_notebook_01_with_a_text_only_api_teacher(server, tmp_path):
     assert (run_dir / "figures" / "api_health.png").is_file()
     text = executed.read_text()
     assert "text only" in text and KEY not in text
+    recorded = json.loads((run_dir / "teacher_fingerprint.json").read_text())
+    assert recorded["model"] == NAME and KEY not in json.dumps(recorded)
+
+
+def test_a_rerun_refuses_an_endpoint_that_now_serves_another_model(server, teacher_tokenizer,
+                                                                  tmp_path):
+    """The run folder keeps the teacher's fingerprint; the same server passes the check,
+    another model behind the same name stops the run before it samples."""
+    assert "recorded" in fingerprint_endpoint(endpoint(server), tmp_path)
+    assert "is the one" in fingerprint_endpoint(endpoint(server), tmp_path)
+    other = create_app(make_tiny_model(seed=9, vocab_size=49152, hidden_size=16,
+                                       intermediate_size=32, num_hidden_layers=2,
+                                       num_attention_heads=2, num_key_value_heads=1),
+                       teacher_tokenizer, NAME, api_key=KEY)
+    with BackgroundServer(other) as url, pytest.raises(ApiTeacherError, match="mix two teachers"):
+        fingerprint_endpoint(endpoint(url), tmp_path)

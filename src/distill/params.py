@@ -129,6 +129,9 @@ class TeacherSamplingParams:
                                          non_negative)
     request_cache: bool = _p(True, "cache API answers on disk ($DISTILL_CACHE/api-requests): "
                              "a re-run costs nothing")
+    fingerprint: bool = _p(True, "API teacher: record its fingerprint (distill fingerprint) in "
+                           "the run folder; a re-run refuses an endpoint that now serves "
+                           "another model")
     generic_samples: int = _p(0, "free continuations of the shipped generic-text seeds, "
                               "sampled at temperature 1 with their top-k: general language "
                               "for the transfer set (local backend)", non_negative)

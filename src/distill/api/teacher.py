@@ -29,10 +29,10 @@ from pathlib import Path
 from ..data import encode_chat
 from ..generation import stop_token_ids
 from ..models import cache_root
-from ..runs import API_HEALTH, API_REQUESTS, write_json
+from ..runs import API_HEALTH, API_REQUESTS, TEACHER_FINGERPRINT, write_json
 from ..samples import make_row, sample_shards
 from ..token_bytes import TOKEN_ID_PREFIX, TokenBytes
-from . import health
+from . import fingerprint, health
 from .client import (
     ApiTeacher,
     ApiTeacherError,
@@ -237,6 +237,8 @@ def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldou
     served = check_endpoint(endpoint)
     print(f"API teacher {endpoint.model!r} at {endpoint.base_url} "
           f"(serves: {', '.join(served) or 'unlisted'})")
+    if sampling.fingerprint:
+        print(fingerprint_endpoint(endpoint, run_dir))
     cache_dir = cache_root() / "api-requests" if sampling.request_cache else None
     settings = {key: getattr(sampling, key) for key in
                 ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k_logprobs")}
@@ -253,6 +255,24 @@ def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldou
     write_json(Path(run_dir) / API_HEALTH, report)
     health.plot(requests, health.over_time(requests), run_dir)
     return stats, report
+
+
+def fingerprint_endpoint(endpoint: Endpoint, run_dir: Path) -> str:
+    """Record the endpoint's fingerprint in the run folder or, where the folder has one
+    (a re-run, a resume), check it: ApiTeacherError when the endpoint now serves another
+    model than the one this run's samples came from. Says what it did."""
+    path = Path(run_dir) / TEACHER_FINGERPRINT
+    probes = fingerprint.EndpointProbes(endpoint)
+    if not path.exists():
+        write_json(path, fingerprint.record(probes, endpoint.model))
+        return f"the teacher's fingerprint is recorded in {path.name}"
+    found = fingerprint.check(fingerprint.load(path), probes)
+    if found.decision == fingerprint.CHANGED:
+        raise ApiTeacherError(
+            f"{endpoint.base_url} no longer serves the model this run sampled as "
+            f"{endpoint.model!r} ({found.summary()}): its samples would mix two teachers. "
+            f"Use a new run folder, or delete {path} to accept the new model.")
+    return f"the teacher is the one fingerprinted when this run began: {found.summary()}"
 
 
 def endpoint_answers(endpoint: Endpoint, messages: list[list[dict]], max_new_tokens: int,
