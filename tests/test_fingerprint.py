@@ -115,3 +115,17 @@ def test_the_cli_records_then_checks(teacher, teacher_tokenizer, tmp_path, capsy
         assert cli.main(["fingerprint", "--check", str(file), f"{url}/v1#teacher"]) == 1
     assert "changed" in capsys.readouterr().out
     assert cli.main(["fingerprint", "--check", str(tmp_path / "none.json"), str(folder)]) == 2
+
+
+def test_an_endpoint_without_echo_is_fingerprinted_by_its_answers(teacher, teacher_tokenizer):
+    """No /v1/completions (a chat-only vendor API): the canary answers alone."""
+    _, model, _ = teacher
+    app = create_app(model, teacher_tokenizer, "teacher")
+    app.router.routes = [r for r in app.router.routes
+                         if getattr(r, "path", "") != "/v1/completions"]
+    with BackgroundServer(app) as url:
+        recorded = fingerprint.record(_probes(url), "teacher")
+        found = fingerprint.check(recorded, _probes(url))
+    assert recorded["measurement"]["texts"] is None
+    assert found.decision == fingerprint.SAME and not found.texts_compared
+    assert len(found.divergence) == 16 and "canary answers only" in found.summary()

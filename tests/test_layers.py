@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "distill"
 LAYERS = {
     "face": {"cli", "pipeline", "study"},
     "stages": {"sampling", "training", "evaluation", "model_card", "plots", "compare", "api",
-               "provenance"},
+               "provenance", "drift", "collapse"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
                "precision", "chunked_head", "pruning", "validation", "alignment",
                "cross_tokenizer", "watermark"},
