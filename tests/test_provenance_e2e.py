@@ -65,6 +65,7 @@ def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
     assert list(summary["test"]) == ["output agreement", "likelihood (R: init)",
                                      "likelihood (R: init + reference text)", "watermark"]
     assert (folder / "healed_reference.json").exists()
+    assert (folder / "other_teacher" / "config.json").exists()  # T' = changed:2, made here
     assert (folder / "figures" / "provenance_study.png").exists()
     assert len(list((folder / "students").glob("*/evidence.json"))) == 7
     assert not list((folder / "students").glob("*/checkpoints"))  # weights are not kept

@@ -115,7 +115,7 @@ def plot(table: pd.DataFrame, histograms: pd.DataFrame, run_dir=None):
         axis.set(title=title, xticks=sorted(table["generation"].unique()))
     figure.tight_layout()
     save_figure(figure, run_dir, "collapse_metrics")
-    conditions = sorted(histograms["condition"].unique())
+    conditions = [c for c in CONDITIONS if c in set(histograms["condition"])]
     second, axes = plt.subplots(1, len(conditions), figsize=(4.5 * len(conditions), 3.6),
                                 sharey=True, squeeze=False)
     for axis, condition in zip(axes[0], conditions):
