@@ -220,8 +220,10 @@ def _study(args) -> int:
 
 
 def _fingerprint(args) -> int:
+    import openai
+
     from .api import fingerprint
-    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
+    from .api.client import ApiTeacherError, check_endpoint, endpoint_from_spec, is_endpoint
     from .runs import write_json
 
     old = fingerprint.load(args.check) if args.check else None  # a bad file stops here
@@ -233,11 +235,14 @@ def _fingerprint(args) -> int:
         from .models import load_model
 
         probes = fingerprint.LocalProbes(*load_model(args.model, dtype=args.dtype))
-    if old is None:
-        write_json(args.output, fingerprint.record(probes, args.model))
-        print(f"fingerprint of {args.model} written to {args.output}")
-        return 0
-    found = fingerprint.check(old, probes)
+    try:
+        if old is None:
+            write_json(args.output, fingerprint.record(probes, args.model))
+            print(f"fingerprint of {args.model} written to {args.output}")
+            return 0
+        found = fingerprint.check(old, probes)
+    except openai.APIError as error:  # after the client's own retries
+        raise ApiTeacherError(f"{args.model}: the endpoint failed a probe: {error}") from None
     print(found.table().round(6).to_string(index=False))
     print(f"{args.model} against the fingerprint of {old['model']} ({old['recorded']}): "
           f"{found.summary()}")
