@@ -198,3 +198,23 @@ def test_shipped_params_files_load(path):
 def test_shipped_params_files_exist():
     names = {p.name for p in PARAM_FILES}
     assert {"smoke.yaml", "default.yaml"} <= names
+
+
+STUDY_FILES = sorted((ROOT / "params" / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDY_FILES, ids=lambda p: p.name)
+def test_study_files_name_their_notebook_and_only_its_parameters(path):
+    """A study file is a study notebook's parameters (distill study): its `study:` key
+    names the notebook, every other key is in that notebook's parameters cell, and its
+    header states the study's CPU budget or that it is a smoke size."""
+    import papermill
+
+    from distill.pipeline import STUDIES, notebooks_dir
+
+    loaded = yaml.safe_load(path.read_text())
+    assert loaded["study"] in STUDIES
+    known = papermill.inspect_notebook(str(notebooks_dir() / STUDIES[loaded.pop("study")]))
+    assert set(loaded) <= set(known), sorted(set(loaded) - set(known))
+    header = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert "smoke" in path.name or " min" in header
