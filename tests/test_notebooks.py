@@ -26,27 +26,21 @@ def _defaults(cls) -> dict:
 ALL = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
 
-def test_every_stage_has_a_notebook_plus_the_comparison_and_provenance_notebooks():
-    assert ALL == sorted([*STAGES, "04_compare_runs", "05_provenance", "06_provenance_study"])
+def test_every_stage_has_a_notebook_plus_the_comparison_provenance_and_study_notebooks():
+    assert ALL == sorted([*STAGES, "04_compare_runs", "05_provenance", "06_provenance_study",
+                          "07_teacher_drift", "08_recursive_collapse"])
 
 
-@pytest.mark.parametrize("name", ["05_provenance", "06_provenance_study"])
-def test_provenance_notebooks_take_literal_commented_parameters(name):
-    """What `distill provenance(-study)` and papermill pass: each parameter a literal
+@pytest.mark.parametrize("name", ["05_provenance", "06_provenance_study", "07_teacher_drift",
+                                  "08_recursive_collapse"])
+def test_provenance_and_study_notebooks_take_literal_commented_parameters(name):
+    """What `distill provenance` / `distill study` and papermill pass: each parameter a literal
     with a comment that says what it is (`papermill --help-notebook` shows it)."""
     inferred = papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
     assert "run_dir" in inferred and "output_dir" in inferred
     for parameter, info in inferred.items():
         ast.literal_eval(info["default"])
         assert info["help"], f"{name}: {parameter} has no comment"
-
-
-def test_study_files_name_only_notebook_06_parameters():
-    import yaml
-
-    known = papermill.inspect_notebook(str(NOTEBOOKS / "06_provenance_study.ipynb"))
-    for path in (NOTEBOOKS.parent / "params" / "studies").glob("provenance_study*.yaml"):
-        assert set(yaml.safe_load(path.read_text())) <= set(known) - {"run_dir"}, path
 
 
 def test_comparison_notebook_parameters():
