@@ -180,7 +180,7 @@ def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
 
 def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bool = False,
                  run_dir: Path | None = None, study: str | None = None) -> Path:
-    """A notebook outside the three stages (05, 06) in a new folder
+    """A notebook outside the three stages (05 to 08) in a new folder
     <output_dir>/<name>-<time>/ (or again in `run_dir`, which it resumes), with its
     parameters checked against the notebook's parameters cell first (an unknown name is
     a ValueError listing the known ones). `study` goes into the manifest: the kind of
