@@ -56,20 +56,27 @@ def rare_tokens(real_ids: list[list[int]], vocab_size: int) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def _scored_batches(model, examples: list[Example], pad_id: int, batch_size: int):
+    """Per batch of teacher-forced `examples`: the model's next-token logits (float, on
+    the CPU) and the labels they are scored against (IGNORE_INDEX where not scored)."""
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], pad_id)
+        logits = model(input_ids=batch["input_ids"].to(model.device),
+                       attention_mask=batch["attention_mask"].to(model.device)).logits[:, :-1]
+        yield logits.float().cpu(), batch["labels"]
+
+
 def text_metrics(model, examples: list[Example], rare: torch.Tensor, pad_id: int,
                  batch_size: int = 8) -> dict:
     """Perplexity, mean next-token entropy and mean probability on `rare` tokens over
     the scored positions of teacher-forced `examples`."""
     nll = entropy = rare_mass = 0.0
     tokens = 0
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits[:, :-1]
-        keep = batch["labels"] != IGNORE_INDEX
-        logprobs = torch.log_softmax(logits.float().cpu()[keep], -1)
+    for logits, labels in _scored_batches(model, examples, pad_id, batch_size):
+        keep = labels != IGNORE_INDEX
+        logprobs = torch.log_softmax(logits[keep], -1)
         probs = logprobs.exp()
-        nll -= float(logprobs.gather(-1, batch["labels"][keep][:, None]).sum())
+        nll -= float(logprobs.gather(-1, labels[keep][:, None]).sum())
         entropy -= float((probs * logprobs).sum())
         rare_mass += float(probs[:, rare].sum())
         tokens += int(keep.sum())
@@ -77,19 +84,14 @@ def text_metrics(model, examples: list[Example], rare: torch.Tensor, pad_id: int
             "rare_mass": rare_mass / tokens}
 
 
-@torch.inference_mode()
 def sample_perplexities(model, examples: list[Example], pad_id: int,
                         batch_size: int = 8) -> list[float]:
     """Each example's perplexity (over its completion) under `model`."""
     found = []
-    for start in range(0, len(examples), batch_size):
-        batch = collate(examples[start:start + batch_size], pad_id)
-        logits = model(input_ids=batch["input_ids"].to(model.device),
-                       attention_mask=batch["attention_mask"].to(model.device)).logits[:, :-1]
-        losses = torch.nn.functional.cross_entropy(
-            logits.float().cpu().transpose(1, 2), batch["labels"], reduction="none")
-        keep = batch["labels"] != IGNORE_INDEX
-        found += (losses.sum(1) / keep.sum(1).clamp(min=1)).exp().tolist()
+    for logits, labels in _scored_batches(model, examples, pad_id, batch_size):
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels,
+                                                   reduction="none")
+        found += (losses.sum(1) / (labels != IGNORE_INDEX).sum(1).clamp(min=1)).exp().tolist()
     return found
 
 
