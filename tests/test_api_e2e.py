@@ -10,6 +10,7 @@ Minutes, not seconds: marked e2e."""
 import json
 import os
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def api_run(served_teacher, key, tmp_path_factory):
                 "teacher_sampling.fingerprint=false"])
     finally:
         patch.undo()
-    return run_dir, proxy, cache
+    yield run_dir, proxy, cache
+    shutil.rmtree(output_dir)  # GBs of weights: CI's disk holds a few runs, not all
 
 
 def test_every_prompt_sampled_once_and_the_faults_counted(api_run):

@@ -43,6 +43,7 @@ def test_run_folder_holds_every_artifact(smoke_run):
                  "samples/generic-00000.parquet", "samples/validation-00000.parquet",
                  "student/README.md"):
         assert (smoke_run / name).is_file(), name
+    assert not (smoke_run / "checkpoints").exists()  # smoke.yaml: keep_checkpoints false
     for notebook in ("01_teacher_sampling", "02_student_training", "03_evaluation"):
         executed = nbformat.read(smoke_run / f"{notebook}.ipynb", as_version=4)
         tags = [c.metadata.get("tags", []) for c in executed.cells]

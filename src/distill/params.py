@@ -224,6 +224,9 @@ class StudentTrainingParams:
     validation_every: int = _p(25, "optimizer steps between validations", positive)
     keep: str = _p("last", "the student saved: last (the final step) or best (the lowest "
                    "validation KL)", (lambda v: v in ("best", "last"), "must be best or last"))
+    keep_checkpoints: bool = _p(True, "keep the newest checkpoint once training ends (a run "
+                                "with more epochs continues from it) or delete the "
+                                "checkpoints, about 4x the student's size on disk")
     processes: int = _p(1, "training processes; above 1, notebook 02 runs training under "
                         "`accelerate launch` (on CPU they split the cores)", positive)
     accelerate_config: str | None = _p(None, "accelerate config file for that launch (DDP, "
