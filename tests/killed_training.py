@@ -11,7 +11,7 @@ import sys
 
 from distill.training import launcher, loop
 
-real_checkpoint = loop._checkpoint
+real_checkpoint = loop.checkpoint
 
 
 def checkpoint_then_die(accelerator, run_dir, step, log, log_path):
@@ -20,5 +20,5 @@ def checkpoint_then_die(accelerator, run_dir, step, log, log_path):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-loop._checkpoint = checkpoint_then_die
+loop.checkpoint = checkpoint_then_die
 launcher.main(sys.argv[1:])

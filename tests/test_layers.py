@@ -17,8 +17,9 @@ LAYERS = {
                "provenance", "drift", "collapse"},
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
                "precision", "chunked_head", "pruning", "validation", "alignment",
-               "cross_tokenizer", "watermark"},
-    "base": {"params", "params_checks", "runs"},
+               "cross_tokenizer", "watermark",
+               "speech"},  # Whisper, audio, labelling shards: what the speech notebooks share
+    "base": {"params", "params_fields", "params_speech", "params_checks", "runs"},
 }
 TEST_EQUIPMENT = "testing"
 # Imports against the layer order, each for a reason. All are lookups of a registry

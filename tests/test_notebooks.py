@@ -9,6 +9,11 @@ import papermill
 import pytest
 
 from distill.params import EvaluationParams, RunParams, StudentTrainingParams, TeacherSamplingParams
+from distill.params_speech import (
+    SpeechEvaluationParams,
+    SpeechLabellingParams,
+    SpeechTrainingParams,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 STAGES = {
@@ -16,6 +21,13 @@ STAGES = {
     "02_student_training": StudentTrainingParams,
     "03_evaluation": EvaluationParams,
 }
+# run.task asr: the speech notebooks, whose run defaults are a speech run's
+SPEECH_STAGES = {
+    "speech_01_labelling": SpeechLabellingParams,
+    "speech_02_training": SpeechTrainingParams,
+    "speech_03_evaluation": SpeechEvaluationParams,
+}
+SPEECH_RUN = {"task": "asr", "teacher": "whisper-tiny.en"}
 
 
 def _defaults(cls) -> dict:
@@ -27,8 +39,8 @@ ALL = sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb"))
 
 
 def test_every_stage_has_a_notebook_plus_the_comparison_provenance_and_study_notebooks():
-    assert ALL == sorted([*STAGES, "04_compare_runs", "05_provenance", "06_provenance_study",
-                          "07_teacher_drift", "08_recursive_collapse"])
+    assert ALL == sorted([*STAGES, *SPEECH_STAGES, "04_compare_runs", "05_provenance",
+                          "06_provenance_study", "07_teacher_drift", "08_recursive_collapse"])
 
 
 @pytest.mark.parametrize("name", ["05_provenance", "06_provenance_study", "07_teacher_drift",
@@ -67,12 +79,13 @@ def test_notebook_is_committed_without_outputs(stage):
         assert cell.get("execution_count") is None, cell.source[:80]
 
 
-@pytest.mark.parametrize("stage,section", STAGES.items())
+@pytest.mark.parametrize("stage,section", [*STAGES.items(), *SPEECH_STAGES.items()])
 def test_parameter_defaults_equal_the_params_dataclasses(stage, section):
     inferred = papermill.inspect_notebook(str(NOTEBOOKS / f"{stage}.ipynb"))
     notebook_defaults = {name: ast.literal_eval(info["default"])
                          for name, info in inferred.items()}
-    expected = {**_defaults(RunParams), **_defaults(section)}
+    run = {**_defaults(RunParams), **(SPEECH_RUN if stage in SPEECH_STAGES else {})}
+    expected = {**run, **_defaults(section)}
     assert set(notebook_defaults) == {"run_dir"} | set(expected)
     for name, value in expected.items():
         got = notebook_defaults[name]

@@ -111,8 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "models":
         from .models import embedded_status
+        from .speech.whisper import embedded_status as speech_status
 
-        for row in embedded_status():
+        for row in [*embedded_status(), *speech_status()]:
             state = "installed" if row["installed"] else f"not installed: {row['install']}"
             cached = ", converted" if row["cached"] else ""
             print(f"{row['name']:<24} {state}{cached}\n    {row['description']}")

@@ -20,13 +20,16 @@ import dataclasses
 import re
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .params_fields import _p, non_negative, optional_positive, positive, probability
+
 STAGES = ("teacher_sampling", "student_training", "evaluation")
+TASKS = ("text", "asr")  # asr: the speech notebooks (Distil-Whisper), params_speech.py
 # run.precision: auto measures (distill.precision); the others are taken as they are.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRUNE_RECIPES = ("alternate", "depth", "block", "width", "auto")  # distill.pruning
@@ -38,14 +41,6 @@ MAX_TOP_LOGPROBS = 20
 
 class ParamsError(ValueError):
     """A params file or override is invalid; the message names the file and key."""
-
-
-def _p(default, help: str, check=None):
-    """A parameter: default, help text, and an optional (predicate, message) check."""
-    if isinstance(default, (list, dict)):  # mutable defaults need a factory
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, "check": check})
-    return field(default=default, metadata={"help": help, "check": check})
 
 
 def objective_names(cross: bool | None = None) -> list[str]:
@@ -65,10 +60,6 @@ def _objective_check():
             lambda: "must be one of " + ", ".join(objective_names()))
 
 
-positive = (lambda v: v > 0, "must be > 0")
-non_negative = (lambda v: v >= 0, "must be >= 0")
-optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
-probability = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 _env_name = (lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
              "must be the name of an environment variable, not the key")
 
@@ -84,6 +75,9 @@ class RunParams:
                         "(bf16 where its products measure 1.5x the fp32 rate here, else fp32), "
                         "fp32, bf16 or fp16",
                         (lambda v: v in PRECISIONS, "must be one of " + ", ".join(PRECISIONS)))
+    task: str = _p("text", "text (language models) or asr (speech recognition: a Whisper "
+                   "teacher, the speech notebooks and the speech_* sections)",
+                   (lambda v: v in TASKS, "must be text or asr"))
 
 
 @dataclass
@@ -277,12 +271,25 @@ class EvaluationParams:
     corpus_block_size: int = _p(256, "tokens per perplexity window", positive)
 
 
+from .params_speech import (  # noqa: E402 (beside the speech notebooks' params)
+    SpeechEvaluationParams,
+    SpeechLabellingParams,
+    SpeechTrainingParams,
+)
+
 SECTIONS = {
     "run": RunParams,
     "teacher_sampling": TeacherSamplingParams,
     "student_training": StudentTrainingParams,
     "evaluation": EvaluationParams,
+    "speech_labelling": SpeechLabellingParams,
+    "speech_training": SpeechTrainingParams,
+    "speech_evaluation": SpeechEvaluationParams,
 }
+# the section each stage's notebook reads, by run.task
+STAGE_SECTIONS = {"text": {stage: stage for stage in STAGES},
+                  "asr": dict(zip(STAGES, ("speech_labelling", "speech_training",
+                                           "speech_evaluation")))}
 
 
 @dataclass
@@ -291,14 +298,18 @@ class Params:
     teacher_sampling: TeacherSamplingParams
     student_training: StudentTrainingParams
     evaluation: EvaluationParams
+    speech_labelling: SpeechLabellingParams
+    speech_training: SpeechTrainingParams
+    speech_evaluation: SpeechEvaluationParams
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
     def notebook_parameters(self, stage: str, run_dir: Path) -> dict:
         """What papermill injects into one stage's notebook."""
+        section = STAGE_SECTIONS[self.run.task][stage]
         return {"run_dir": str(run_dir), **dataclasses.asdict(self.run),
-                **dataclasses.asdict(getattr(self, stage))}
+                **dataclasses.asdict(getattr(self, section))}
 
 
 def section_params(section: str, values: dict):

@@ -20,6 +20,13 @@ NOTEBOOKS = {
     "student_training": "02_student_training.ipynb",
     "evaluation": "03_evaluation.ipynb",
 }
+# run.task asr: the same stages, Distil-Whisper's notebooks (distill.speech)
+SPEECH_NOTEBOOKS = {
+    "teacher_sampling": "speech_01_labelling.ipynb",
+    "student_training": "speech_02_training.ipynb",
+    "evaluation": "speech_03_evaluation.ipynb",
+}
+NOTEBOOKS_BY_TASK = {"text": NOTEBOOKS, "asr": SPEECH_NOTEBOOKS}
 PROVENANCE_NOTEBOOK = "05_provenance.ipynb"
 # A study file's `study:` key names its notebook (provenance when absent)
 STUDIES = {"provenance": "06_provenance_study.ipynb", "drift": "07_teacher_drift.ipynb",
@@ -44,7 +51,8 @@ def notebooks_dir() -> Path:
 def parse_stage(text: str) -> str:
     """'2', '02', 'student_training' or '02_student_training' -> 'student_training'."""
     for index, stage in enumerate(STAGES, start=1):
-        if text in (str(index), f"{index:02d}", stage, Path(NOTEBOOKS[stage]).stem):
+        if text in (str(index), f"{index:02d}", stage, Path(NOTEBOOKS[stage]).stem,
+                    Path(SPEECH_NOTEBOOKS[stage]).stem):
             return stage
     raise ValueError(f"--from {text}: unknown stage; use one of "
                      + ", ".join(Path(NOTEBOOKS[s]).stem for s in STAGES))
@@ -69,6 +77,11 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
     and saying what to do; ApiTeacherError from the endpoint check."""
     from .data import PROMPT_SUFFIXES, PromptError, check_corpus_source, check_prompt_source
     from .models import ModelNotFound, check_model_name
+
+    if params.run.task == "asr":  # the speech sections alone are read
+        from .speech import check_params
+
+        return check_params(params, source)
 
     def check(key: str, value: str, checker, advice: str) -> None:
         try:
@@ -148,8 +161,8 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     # Probed once here; every notebook finds the verdict in the manifest.
     print(describe_precision(*for_run(run_dir, params.run.precision)))
     for stage in STAGES[first:]:
-        _execute(stage, NOTEBOOKS[stage], run_dir, params.notebook_parameters(stage, run_dir),
-                 log_output)
+        _execute(stage, NOTEBOOKS_BY_TASK[params.run.task][stage], run_dir,
+                 params.notebook_parameters(stage, run_dir), log_output)
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
     print(f"Done: {run_dir / MANIFEST}")
     return run_dir

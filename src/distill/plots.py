@@ -50,6 +50,10 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
                "bits_per_byte": "bits per byte, lower is better",
                "next_word_agreement": "next-word agreement with teacher",
                "generation_tokens_per_second": "generation tokens/s",
+               "wer": "WER vs true text, lower is better",
+               "wer_vs_teacher": "WER vs teacher transcript",
+               "real_time_factor": "real-time factor, lower is faster",
+               "transcription_tokens_per_second": "transcription tokens/s",
                "parameters_m": "parameters (millions)"}
     metrics = {k: v for k, v in metrics.items() if k in table and table[k].notna().any()}
     columns = 4

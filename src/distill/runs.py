@@ -85,7 +85,8 @@ def atomic_dir(path: str | Path):
 #    "models": {model: {figure: value}},   quality and cost: the same on a re-run
 #    "speed":  {model: {figure: value}}}   SPEED_FIGURES: they vary from run to run
 METRICS_SCHEMA_VERSION = 1
-SPEED_FIGURES = ("generation_tokens_per_second",)
+SPEED_FIGURES = ("generation_tokens_per_second", "real_time_factor",
+                 "transcription_tokens_per_second", "seconds_per_clip", "speedup_vs_teacher")
 
 
 def write_metrics(run_dir: str | Path, table, heldout_prompts: int) -> dict:

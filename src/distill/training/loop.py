@@ -234,7 +234,7 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
         if validation and ((step + 1) % config.validation_every == 0 or last):
             log[-1].update(_validate(session, validation, pad_id, run_dir, log, config.keep))
         if (step + 1) % config.checkpoint_every == 0 or last:
-            _checkpoint(session.accelerator, run_dir, step + 1, pd.DataFrame(log),
+            checkpoint(session.accelerator, run_dir, step + 1, pd.DataFrame(log),
                         Path(run_dir) / TRAIN_LOG)
         if on_step is not None and session.accelerator.is_main_process:
             on_step(log[-1], session.total_steps)
@@ -287,7 +287,7 @@ def adamw(parameters, **settings) -> torch.optim.AdamW:
         return torch.optim.AdamW(parameters, **settings)
 
 
-def _checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
+def checkpoint(accelerator, run_dir: Path, step: int, log: pd.DataFrame, log_path: Path):
     """Save model, optimizer, scheduler and RNG state; keep only the newest checkpoint.
     Every process saves (its RNG state; its shard under FSDP or DeepSpeed) into one
     temporary folder, which the main process then renames into place, so a killed run

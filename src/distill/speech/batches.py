@@ -1,0 +1,64 @@
+"""The decoder's view of labelled speech: sequences with the teacher's top-k, the
+encoder's states of the clips, and the teacher-forced fidelity of a model to its
+teacher (training and evaluation both read these)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..losses import IGNORE_INDEX, forward_kl, topk_divergence
+from ..samples import Example, collate
+from .labelling import clip_of
+from .transcribe import features
+from .whisper import END, PREFIX
+
+
+def examples_of(rows: pd.DataFrame) -> list[Example]:
+    """Decoder sequences: the prefix, then the teacher's transcript with its top-k."""
+    examples = []
+    for row in rows.itertuples():
+        ids = np.asarray(row.teacher_ids).tolist()
+        examples.append(Example(list(PREFIX) + ids, [IGNORE_INDEX] * (len(PREFIX) - 1) + ids,
+                                np.stack(row.topk_ids).tolist(),
+                                np.stack(row.topk_logprobs).tolist(), "speech"))
+    return examples
+
+
+@torch.no_grad()
+def encoder_states(model, rows: pd.DataFrame, batch_size: int = 8) -> torch.Tensor:
+    """The encoder's output for every clip, in row order (float32, on the CPU)."""
+    states = []
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(rows), batch_size), desc="encoding clips", unit="batch"):
+        clips = [clip_of(row) for _, row in rows.iloc[start:start + batch_size].iterrows()]
+        inputs = features(clips, model).to(device)
+        states.append(model.model.encoder(inputs).last_hidden_state.cpu())
+    return torch.cat(states)
+
+
+@torch.no_grad()
+def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8) -> dict:
+    """KL(teacher || model) over the teacher's top-k and top-1 agreement, per transcript
+    token, with the model fed the teacher's transcripts of `rows` (the text suite's
+    figures, for speech: they move before the student's own transcripts do)."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    examples, kl_sum, agree, tokens = examples_of(rows), 0.0, 0, 0
+    states = encoder_states(model, rows, batch_size)
+    for start in range(0, len(examples), batch_size):
+        batch = collate(examples[start:start + batch_size], END)
+        logits = model(encoder_outputs=BaseModelOutput(
+            last_hidden_state=states[start:start + batch_size].to(model.device)),
+            decoder_input_ids=batch["input_ids"].to(model.device),
+            decoder_attention_mask=batch["attention_mask"].to(model.device)).logits[:, :-1]
+        logits, labels = logits.float().cpu(), batch["labels"]
+        keep = labels != IGNORE_INDEX
+        count = int(keep.sum())
+        kl_sum += float(topk_divergence(forward_kl, logits, batch["topk_ids"],
+                                        batch["topk_logprobs"], labels)) * count
+        agree += int((logits.argmax(-1) == batch["topk_ids"][..., 0])[keep].sum())
+        tokens += count
+    return {"heldout_kl": kl_sum / max(tokens, 1), "top1_agreement": agree / max(tokens, 1)}
