@@ -29,14 +29,14 @@ def examples():
 
 
 def _record_checkpoints(monkeypatch, interrupt_at=None):
-    steps, real = [], loop._checkpoint
+    steps, real = [], loop.checkpoint
 
     def checkpoint(accelerator, run_dir, step, log, log_path):
         real(accelerator, run_dir, step, log, log_path)
         steps.append(step)
         if step == interrupt_at:
             raise KeyboardInterrupt  # the run is killed right after this checkpoint
-    monkeypatch.setattr(loop, "_checkpoint", checkpoint)
+    monkeypatch.setattr(loop, "checkpoint", checkpoint)
     return steps
 
 
