@@ -69,7 +69,7 @@ def main() -> None:
         table[name] = {
             "wer": word_error_rate(texts, list(heldout["text"]))[0],
             "wer_vs_teacher": word_error_rate(texts, transcripts["teacher"])[0],
-            **timed_transcription(model, tokenizer, clips, args.max_new_tokens),
+            **timed_transcription(model, clips, args.max_new_tokens),
             **breakdown(model, clips, args.max_new_tokens),
             "parameters_m": count_parameters(model) / 1e6,
             "size_mb": folder_size(whisper.resolve_whisper(source)) / 1e6}

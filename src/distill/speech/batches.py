@@ -40,14 +40,16 @@ def encoder_states(model, rows: pd.DataFrame, batch_size: int = 8) -> torch.Tens
 
 
 @torch.no_grad()
-def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8) -> dict:
+def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8,
+                            states: torch.Tensor | None = None) -> dict:
     """KL(teacher || model) over the teacher's top-k and top-1 agreement, per transcript
     token, with the model fed the teacher's transcripts of `rows` (the text suite's
-    figures, for speech: they move before the student's own transcripts do)."""
+    figures, for speech: they move before the student's own transcripts do). `states`:
+    the model's encoder states of the rows' clips, when the caller has them."""
     from transformers.modeling_outputs import BaseModelOutput
 
     examples, kl_sum, agree, tokens = examples_of(rows), 0.0, 0, 0
-    states = encoder_states(model, rows, batch_size)
+    states = encoder_states(model, rows, batch_size) if states is None else states
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], END)
         logits = model(encoder_outputs=BaseModelOutput(

@@ -170,9 +170,12 @@ def _write_shard(path, teacher, tokenizer, rows, config, seed, synthesizer) -> N
             row.update(teacher_ids=result["ids"], topk_ids=result["topk_ids"],
                        topk_logprobs=result["topk_logprobs"],
                        teacher_text=tokenizer.decode(result["ids"], skip_special_tokens=True))
+    scored = [row for row in kept if row["text"]]  # one metric call for the shard
+    for row, wer in zip(scored, word_error_rate([r["teacher_text"] for r in scored],
+                                                [r["text"] for r in scored])[1]):
+        row["teacher_wer"] = wer
     for row in kept:
-        row["teacher_wer"] = (word_error_rate([row["teacher_text"]], [row["text"]])[0]
-                              if row["text"] else None)
+        row.setdefault("teacher_wer", None)
     with atomic_file(path, "wb") as handle:
         pd.DataFrame(kept).to_parquet(handle)
 

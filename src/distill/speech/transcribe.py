@@ -69,6 +69,7 @@ def transcribe(model, feature_batch: torch.Tensor, max_new_tokens: int, top_k: i
     if encoder_states is None:
         encoder_states = model.model.encoder(
             feature_batch.to(device, next(model.parameters()).dtype)).last_hidden_state
+    encoder_states = encoder_states.to(device)
     batch = encoder_states.shape[0]
     allowed = _allowed_mask(model.config, model.config.vocab_size).to(device)
     begin = list(getattr(model.config, "begin_suppress_tokens", None) or [])
@@ -100,8 +101,7 @@ def transcribe(model, feature_batch: torch.Tensor, max_new_tokens: int, top_k: i
     return outputs
 
 
-def timed_transcription(model, tokenizer, clips: list[np.ndarray], max_new_tokens: int
-                        ) -> dict:
+def timed_transcription(model, clips: list[np.ndarray], max_new_tokens: int) -> dict:
     """Transcribe `clips` one at a time, as a service answering one request does, and
     time it end to end (features, encoder, decoder): real-time factor (seconds of
     compute per second of audio), tokens/s and seconds per clip."""

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..models import ModelNotFound, _package_folder, cache_root
-from ..runs import atomic_dir
+from ..runs import STUDENT, atomic_dir
 
 SAMPLE_RATE = 16_000  # what Whisper's log-mel features expect
 # tiny.en's special tokens: the English-only prefix is <|startoftranscript|><|notimestamps|>
@@ -212,7 +212,7 @@ def resolve_whisper(name: str) -> Path:
 
 def _folder(name: str) -> Path:
     folder = Path(name).expanduser()  # a run folder stands for its student
-    return folder / "student" if (folder / "student" / "config.json").exists() else folder
+    return folder / STUDENT if (folder / STUDENT / "config.json").exists() else folder
 
 
 def whisper_folder_error(name: str) -> str | None:
