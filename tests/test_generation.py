@@ -210,3 +210,22 @@ def test_batches_by_length_groups_similar_lengths():
 
 
 # --- shards: the teacher tokenizer's chat template on a tiny model of its vocabulary ---
+
+
+def test_a_row_stops_at_the_fence_that_closes_its_code_block(tiny_model, mini_tokenizer):
+    tokenizer = mini_tokenizer(eos_token_id=63)
+    tokens = _greedy_reference(tiny_model, PROMPTS[0], 10)
+    tokenizer._distill_fence_ids = [tokens[1], tokens[3]]  # what fence_token_ids caches
+    second = [i for i, t in enumerate(tokens) if t in tokenizer._distill_fence_ids][1]
+    (stopped,) = generation.generate(tiny_model, tokenizer, PROMPTS[:1], max_new_tokens=10,
+                                     stop_after_fences=True)
+    assert stopped["completion_ids"] == tokens[:second + 1]
+    assert stopped["finish_reason"] == "stop"
+    (free,) = generation.generate(tiny_model, tokenizer, PROMPTS[:1], max_new_tokens=10)
+    assert free["completion_ids"] == tokens  # off by default
+
+
+def test_fence_tokens_of_the_teacher(teacher_tokenizer):
+    fences = generation.fence_token_ids(teacher_tokenizer)
+    assert fences and all("```" in teacher_tokenizer.decode([i]) for i in fences)
+    assert generation.fence_token_ids(teacher_tokenizer) is fences  # found once

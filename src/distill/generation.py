@@ -28,6 +28,14 @@ def stop_token_ids(tokenizer, generation_config=None) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
+def fence_token_ids(tokenizer) -> list[int]:
+    """Ids of the tokens that contain a code fence (```), found once per tokenizer."""
+    if not hasattr(tokenizer, "_distill_fence_ids"):
+        tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        tokenizer._distill_fence_ids = [i for i, t in enumerate(tokens) if t and "```" in t]
+    return tokenizer._distill_fence_ids
+
+
 def _cache_argument(model) -> str:
     """The forward's name for the KV cache: `cache` from transformers 5.2x on,
     `past_key_values` before (still accepted there, with a deprecation warning)."""
@@ -89,7 +97,7 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              top_k_logprobs: int = 0, token_logprobs: bool = False,
              abandoned: Callable[[], list[bool]] | None = None,
-             watermark=None) -> list[dict]:
+             watermark=None, stop_after_fences: bool = False) -> list[dict]:
     """Generate for one batch of tokenized prompts (left-padded together).
 
     Returns one dict per prompt: `completion_ids` (up to and including the stop
@@ -100,7 +108,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     any more; those stop (their results are cut short and meaningless).
     `watermark` (a `distill.watermark.Watermark`), if given, biases every step's
     logits by the token before it; the log-probs recorded are then the watermarked
-    model's, the distribution the tokens were drawn from.
+    model's, the distribution the tokens were drawn from. With `stop_after_fences`, a
+    row stops at the token that closes its first ``` block (code answers: the prose a
+    model adds after its code is not needed).
 
     A decode loop of its own rather than `model.generate`, for speed on CPU: a row
     that has finished leaves the batch (and the KV cache) at once instead of being
@@ -118,6 +128,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     rows = torch.arange(len(prompt_ids))  # the prompt each batch row belongs to
     previous = torch.tensor([ids[-1] for ids in prompt_ids])  # each row's last token
     results = [{"completion_ids": [], "finish_reason": "length"} for _ in prompt_ids]
+    fences = torch.tensor(fence_token_ids(tokenizer)) if stop_after_fences else None
+    fences_seen = torch.zeros(len(prompt_ids), dtype=torch.long)
     for result in results:
         result.update({"topk_ids": [], "topk_logprobs": []} if top_k_logprobs else {})
         result.update({"token_logprobs": []} if token_logprobs else {})
@@ -141,6 +153,9 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
             if token_logprobs:
                 result["token_logprobs"].append(chosen_logprobs[i])
         finished = torch.isin(chosen, stops)
+        if fences is not None:  # the second fence closes the block the first opened
+            fences_seen[rows] += torch.isin(chosen, fences).long()
+            finished |= fences_seen[rows] >= 2
         for row in rows[finished].tolist():
             results[row]["finish_reason"] = "stop"
         if abandoned is not None:
@@ -217,14 +232,15 @@ def score_documents(model, windows: list[list[int]], top_k: int, batch_size: int
 
 
 def chat_answers(model, tokenizer, messages: list[list[dict]], max_new_tokens: int,
-                 batch_size: int, desc: str) -> tuple[list[str], float]:
-    """Greedy answers to each chat (token ids decoded without special tokens), and
-    the generation's tokens/s."""
+                 batch_size: int, desc: str, **sampling) -> tuple[list[str], float]:
+    """Answers to each chat (token ids decoded without special tokens), greedy unless
+    `sampling` says otherwise (do_sample, temperature, top_p), and the generation's
+    tokens/s."""
     prompt_ids = [encode_chat(tokenizer, m) for m in messages]
     with tqdm(total=len(prompt_ids), desc=desc, unit="prompt") as progress:
         start = time.perf_counter()
         outputs = generate_all(model, tokenizer, prompt_ids, batch_size, progress,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, **sampling)
         seconds = time.perf_counter() - start
     tokens = sum(len(o["completion_ids"]) for o in outputs)
     answers = [tokenizer.decode(o["completion_ids"], skip_special_tokens=True) for o in outputs]

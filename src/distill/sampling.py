@@ -60,6 +60,8 @@ def sample_teacher(model, tokenizer, train: list[dict], heldout: list[dict], run
                          f"exceeds the teacher's vocabulary ({vocab_size})")
 
     vocab = _token_bytes(tokenizer)
+    if any(p.get("code") for p in train + heldout):  # code tasks: answers end with their code
+        settings = {**settings, "stop_after_fences": True}
 
     def sample_shard(index: int, shard: list[tuple[dict, str]], progress) -> list[dict]:
         torch.manual_seed(seed + index)  # per shard, so a resumed run samples the same
