@@ -18,7 +18,8 @@ LAYERS = {
     "shared": {"generation", "samples", "models", "data", "losses", "token_bytes", "measure",
                "precision", "chunked_head", "pruning", "validation", "alignment",
                "cross_tokenizer", "watermark",
-               "speech"},  # Whisper, audio, labelling shards: what the speech notebooks share
+               "speech",  # Whisper, audio, labelling shards: what the speech notebooks share
+               "coding"},  # code tasks, the sandbox that runs their answers, pass@k
     "base": {"params", "params_fields", "params_speech", "params_checks", "runs"},
 }
 TEST_EQUIPMENT = "testing"

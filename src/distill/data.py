@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .coding.tasks import TaskError, instruction, is_code_task, task_fields
+
 
 class PromptError(ValueError):
     """A prompt source is missing, empty or has a bad row; the message says where."""
@@ -27,9 +29,13 @@ def builtin_path(name: str) -> Path:
 
 def load_prompts(source: str = "builtin", prompt_field: str = "prompt",
                  system_prompt: str | None = None) -> list[dict]:
-    """Prompts from the built-in set, a .jsonl/.csv/.parquet file, or `hf:<dataset>`."""
+    """Prompts from the built-in set, the built-in code tasks (`code`), a
+    .jsonl/.csv/.parquet file, or `hf:<dataset>`. A row with `entry_point` and `tests` is a
+    code task (`distill.coding.tasks`): its prompt carries them under 'code'."""
     if source == "builtin":
         rows, where = _read_file(builtin_path("prompts.jsonl")), "the built-in prompt set"
+    elif source == "code":
+        rows, where = _read_file(builtin_path("code_tasks.jsonl")), "the built-in code tasks"
     elif source.startswith("hf:"):
         rows, where = _read_hub_dataset(source[3:]), source
     else:
@@ -47,8 +53,8 @@ def load_prompts(source: str = "builtin", prompt_field: str = "prompt",
 
 def check_prompt_source(source: str) -> None:
     """Raise PromptError for a prompt file that does not exist or has a type
-    `load_prompts` cannot read; reads nothing (builtin and hf: pass unchecked)."""
-    if source != "builtin" and not source.startswith("hf:"):
+    `load_prompts` cannot read; reads nothing (builtin, code and hf: pass unchecked)."""
+    if source not in ("builtin", "code") and not source.startswith("hf:"):
         _check_prompt_file(Path(source))
 
 
@@ -97,6 +103,13 @@ def _read_hub_dataset(name: str) -> list[dict]:
 
 def _to_prompt(row: dict, number: int, where: str, prompt_field: str,
                system_prompt: str | None) -> dict:
+    code = None
+    if is_code_task(row):
+        try:
+            code = task_fields(row, f"{where}: row {number}")
+        except TaskError as error:
+            raise PromptError(str(error)) from None
+        row = {**row, prompt_field: instruction(code["prompt"]), "messages": None}
     text = row.get(prompt_field)
     messages = row.get("messages")
     if isinstance(messages, str):
@@ -113,8 +126,9 @@ def _to_prompt(row: dict, number: int, where: str, prompt_field: str,
     if system_prompt is not None and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
     prompt_id = _value(row, "id") or _value(row, "prompt_id") or f"row-{number:06d}"
-    return {"prompt_id": str(prompt_id), "kind": str(_value(row, "kind") or "unknown"),
-            "messages": messages, "reference": _value(row, "reference")}
+    prompt = {"prompt_id": str(prompt_id), "kind": str(_value(row, "kind") or "unknown"),
+              "messages": messages, "reference": _value(row, "reference")}
+    return {**prompt, "code": code} if code else prompt
 
 
 def _value(row: dict, key: str) -> str | None:
