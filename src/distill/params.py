@@ -82,8 +82,8 @@ class RunParams:
 
 @dataclass
 class TeacherSamplingParams:
-    prompts: str = _p("builtin",
-                      "prompt set: builtin, a .jsonl/.csv/.parquet file, or hf:<dataset>")
+    prompts: str = _p("builtin", "prompt set: builtin, code (the built-in code tasks), a "
+                                 ".jsonl/.csv/.parquet file, or hf:<dataset>")
     prompt_field: str = _p("prompt", "column holding the user message in a prompt file")
     heldout_size: int = _p(64, "prompts kept out of training, for evaluation", non_negative)
     train_size: int | None = _p(None, "cap on training prompts; null uses all the rest",
@@ -269,6 +269,13 @@ class EvaluationParams:
     corpus: str = _p("builtin", "perplexity text: builtin (shipped), a .txt file, or hf:<dataset>")
     corpus_max_tokens: int = _p(4096, "tokens of the corpus scored", positive)
     corpus_block_size: int = _p(256, "tokens per perplexity window", positive)
+    execute_code: bool = _p(False, "run the answers to held-out code tasks against their tests, "
+                                   "in the sandbox (opt-in: it runs model-written code)")
+    code_samples: int = _p(0, "answers sampled per code task for pass@k, besides the greedy "
+                              "one (0: pass@1 greedy only)", non_negative)
+    code_temperature: float = _p(0.8, "sampling temperature of those answers", positive)
+    code_timeout_s: float = _p(5.0, "wall-clock limit per answer's run, seconds", positive)
+    code_memory_mb: int = _p(512, "address-space limit per answer's run, MB", positive)
 
 
 from .params_speech import (  # noqa: E402 (beside the speech notebooks' params)

@@ -6,6 +6,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from .coding.sandbox import KINDS
 from .runs import save_figure
 
 sns.set_theme(style="whitegrid", context="notebook")
@@ -92,3 +93,17 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
         axis.set_visible(False)
     figure.tight_layout()
     return save_figure(figure, run_dir, "run_comparison")
+
+
+def code_outcomes(counts: pd.DataFrame, run_dir=None):
+    """How each model's answers to code tasks ended (`coding.judge.failure_kinds`): one
+    stacked bar per model, passed first."""
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    figure, axis = plt.subplots(figsize=(8, 0.6 * len(shares) + 1.6))
+    colours = dict(zip(KINDS, sns.color_palette("tab10", len(KINDS))))  # a kind keeps its colour
+    shares.plot.barh(stacked=True, ax=axis, width=0.7, color=[colours[k] for k in shares])
+    axis.set(title="Code tasks: how the answers ended", xlabel="share of answers", ylabel="")
+    axis.invert_yaxis()
+    axis.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "code_outcomes")

@@ -43,6 +43,8 @@ SAMPLING_STATS = "sampling_stats.json"
 API_REQUESTS = "api_requests.csv"
 API_HEALTH = "api_health.json"
 TEACHER_FINGERPRINT = "teacher_fingerprint.json"  # an API teacher's (distill.api.fingerprint)
+CODE_TASKS = "code_tasks.jsonl"  # the code tasks' hidden tests, for stage 03 (distill.coding)
+CODE_RESULTS = "code_results.csv"  # one row per model, task and answer: how its code fared (03)
 METRICS = "metrics.json"
 FIGURES = "figures"
 PARAMS = "params.yaml"
@@ -85,7 +87,7 @@ def atomic_dir(path: str | Path):
 #    "models": {model: {figure: value}},   quality and cost: the same on a re-run
 #    "speed":  {model: {figure: value}}}   SPEED_FIGURES: they vary from run to run
 METRICS_SCHEMA_VERSION = 1
-SPEED_FIGURES = ("generation_tokens_per_second", "real_time_factor",
+SPEED_FIGURES = ("generation_tokens_per_second", "sandbox_seconds_per_answer", "real_time_factor",
                  "transcription_tokens_per_second", "seconds_per_clip", "speedup_vs_teacher")
 
 
