@@ -84,14 +84,15 @@ def test_rerunning_evaluation_gives_identical_metrics(smoke_run):
 
 
 def test_training_on_two_processes_from_the_smoke_samples(smoke_run, tmp_path):
-    """Stage 02 and 03 again on the smoke run's samples with processes=2: notebook 02
-    launches `accelerate launch -m distill.training`, the children reuse the run's
-    precision (no second probe) and train on the same global batches."""
+    """Stage 02 again (alone: --to 02) on the smoke run's samples with processes=2:
+    notebook 02 launches `accelerate launch -m distill.training`, the children reuse the
+    run's precision (no second probe) and train on the same global batches."""
     folder = tmp_path / "two"
     shutil.copytree(smoke_run / "samples", folder / "samples")
     for name in ("params.yaml", "manifest.json"):
         shutil.copy(smoke_run / name, folder / name)
-    run_pipeline(folder, ["student_training.processes=2"], from_stage="02")
+    run_pipeline(folder, ["student_training.processes=2"], from_stage="02", to_stage="02")
+    assert not (folder / "metrics.json").exists()  # stage 03 did not run
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["precision"] == json.loads((smoke_run / "manifest.json").read_text())[
         "precision"]  # the parent's verdict, figures and all: nothing probed again
@@ -103,8 +104,7 @@ def test_training_on_two_processes_from_the_smoke_samples(smoke_run, tmp_path):
     assert two["tokens"].tolist() == one["tokens"].tolist()  # the same global batches
     # bf16 autocast rounds differently at each process's batch shape: close, not equal
     assert two["loss"].to_numpy() == pytest.approx(one["loss"].to_numpy(), rel=0.05)
-    metrics = json.loads((folder / "metrics.json").read_text())["models"]
-    assert metrics["student"]["heldout_kl"] < metrics["student_init"]["heldout_kl"]
+    assert two["loss"].iloc[-1] < two["loss"].iloc[0]  # and it learnt
     executed = nbformat.read(folder / "02_student_training.ipynb", as_version=4)
     assert "2 processes" in "".join(o.get("text", "") for c in executed.cells
                                     for o in c.get("outputs", []))

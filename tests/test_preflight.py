@@ -186,3 +186,12 @@ def test_sweep_checks_every_variant_before_the_first_runs(tmp_path, capsys, conv
     error = capsys.readouterr().err
     assert "student_training.student" in error and "no-such-student" in error
     assert not runs.exists()
+
+
+def test_a_last_stage_before_the_first_is_refused_before_any_folder(tmp_path):
+    from distill.pipeline import run_pipeline
+
+    with pytest.raises(ParamsError, match="--to 01 comes before --from 02"):
+        run_pipeline(ROOT / "params" / "smoke.yaml", [f"run.output_dir={tmp_path}"],
+                     from_stage="02", to_stage="01")
+    assert not any(tmp_path.iterdir())

@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
                      metavar="SECTION.KEY=VALUE", help="override one parameter (repeatable)")
     run.add_argument("--from", dest="from_stage", metavar="STAGE",
                      help="start at this stage: 01/02/03 or its name (with an existing run)")
+    run.add_argument("--to", dest="to_stage", metavar="STAGE",
+                     help="stop after this stage: 01/02/03 or its name")
     run.add_argument("--log-output", action="store_true",
                      help="stream the notebooks' output to this terminal")
 
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
             return _fingerprint(args)
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
-        run_pipeline(args.source, args.overrides, args.from_stage, args.log_output)
+        run_pipeline(args.source, args.overrides, args.from_stage, args.log_output,
+                     args.to_stage)
     except (ParamsError, ValueError, FileNotFoundError, ApiTeacherError,
             ModelNotFound) as error:
         print(f"distill: error: {error}", file=sys.stderr)

@@ -54,7 +54,7 @@ def parse_stage(text: str) -> str:
         if text in (str(index), f"{index:02d}", stage, Path(NOTEBOOKS[stage]).stem,
                     Path(SPEECH_NOTEBOOKS[stage]).stem):
             return stage
-    raise ValueError(f"--from {text}: unknown stage; use one of "
+    raise ValueError(f"unknown stage {text!r}; use one of "
                      + ", ".join(Path(NOTEBOOKS[s]).stem for s in STAGES))
 
 
@@ -148,19 +148,23 @@ def prepare_run(source: str | Path, overrides: list[str] = (),
 
 
 def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str | None = None,
-                 log_output: bool = False) -> Path:
-    """Execute the stages (all, or from `from_stage` on) and return the run folder."""
+                 log_output: bool = False, to_stage: str | None = None) -> Path:
+    """Execute the stages (all, or from `from_stage` on, up to `to_stage`) and return the
+    run folder."""
     from .precision import describe as describe_precision
     from .precision import for_run
     from .runs import environment
 
     first = STAGES.index(parse_stage(from_stage)) if from_stage else 0
+    last = STAGES.index(parse_stage(to_stage)) if to_stage else len(STAGES) - 1
+    if last < first:
+        raise ParamsError(f"--to {to_stage} comes before --from {from_stage}")
     run_dir, params = prepare_run(source, overrides, will_sample=first == 0)
     update_manifest(run_dir, environment=environment(), seed=params.run.seed)
     print(f"Run folder: {run_dir}")
     # Probed once here; every notebook finds the verdict in the manifest.
     print(describe_precision(*for_run(run_dir, params.run.precision)))
-    for stage in STAGES[first:]:
+    for stage in STAGES[first:last + 1]:
         _execute(stage, NOTEBOOKS_BY_TASK[params.run.task][stage], run_dir,
                  params.notebook_parameters(stage, run_dir), log_output)
     update_manifest(run_dir, artifacts=artifact_hashes(run_dir))
