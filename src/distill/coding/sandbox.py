@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -99,15 +100,11 @@ def _run_in(root: Path, code: str, tests: str, limits: Limits, slot: int) -> Out
             process.wait()
         seconds = time.perf_counter() - start
     output = _tail(root / "stdout") + _tail(root / "stderr")
-    result = folder / ".result.json"
     if status is None:
         return Outcome("timeout", f"still running after {limits.timeout_s:g} s", seconds, output)
-    if result.is_file():
-        try:
-            recorded = json.loads(result.read_text())
-            return Outcome(recorded["kind"], recorded["detail"], seconds, output)
-        except (ValueError, KeyError, TypeError):
-            pass  # the program overwrote the record: judged by its status below
+    recorded = _record(folder / ".result.json")
+    if recorded:
+        return Outcome(recorded["kind"], recorded["detail"], seconds, output)
     if status == JAIL_FAILED:
         raise SandboxError(f"the sandbox could not start the program: {output.strip()}")
     if status > 128:
@@ -117,6 +114,22 @@ def _run_in(root: Path, code: str, tests: str, limits: Limits, slot: int) -> Out
         return Outcome("killed", f"killed by {why}", seconds, output)
     return Outcome("exception", f"exited with status {status} before its tests finished",
                    seconds, output)
+
+
+def _record(path: Path) -> dict | None:
+    """The harness's record, if it is one: a small regular file (not a link, a FIFO or a
+    huge file the answer put there instead) holding a kind and a detail."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+        return recorded if recorded.get("kind") in KINDS and "detail" in recorded else None
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def _barred_ancestor(prefix: Path) -> str | None:
