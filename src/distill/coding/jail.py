@@ -35,7 +35,6 @@ WRITE_RIGHTS_ABI1 = (1 << 1) | (1 << 4) | (1 << 5) | sum(1 << bit for bit in ran
 REFER, TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
 NET_BIND_TCP, NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 SCOPE_ABSTRACT_UNIX_SOCKET, SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
-JAIL_FAILED = 125  # the jail itself could not start the program
 O_PATH = getattr(os, "O_PATH", 0o10000000)
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -142,7 +141,7 @@ def wait_for(pid: int) -> int:
 
 def run_program(config: dict) -> None:
     """In the child that becomes the program: limits, user, Landlock, exec. Never returns;
-    a step that fails exits with JAIL_FAILED and says why on stderr."""
+    a step that fails exits with config["failed_status"] and says why on stderr."""
     try:
         set_limits(config)
         drop_root(config)
@@ -150,7 +149,7 @@ def run_program(config: dict) -> None:
         os.execv(config["python"], [config["python"], "-I", "-S", config["program"]])
     except BaseException as error:  # noqa: BLE001 - the parent must learn of any failure
         print(f"distill sandbox: {error!r}", file=sys.stderr, flush=True)
-    os._exit(JAIL_FAILED)
+    os._exit(config["failed_status"])
 
 
 def start(config: dict) -> int:

@@ -26,11 +26,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SANDBOX_UID = 61000  # + slot: an unused uid per concurrent run, so each has its own process count
+# how an answer ended: harness.py records all but timeout and killed, which run() tells
 KINDS = ("passed", "assertion", "exception", "syntax_error", "timeout", "killed",
          "memory_limit", "process_limit")
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # HOME is set to the folder
 OUTPUT_TAIL = 2000  # characters of the program's stdout and stderr kept
-JAIL_FAILED = 125  # jail.py's status when it could not start the program
+JAIL_FAILED = 125  # jail.py's status (it is told so) when it could not start the program
 
 
 class SandboxError(RuntimeError):
@@ -84,7 +85,7 @@ def _run_in(root: Path, code: str, tests: str, limits: Limits, slot: int) -> Out
               "uid": uid, "gid": uid, "hidden": hidden, "prefix": sys.base_prefix,
               "staging": str(root / "python"), "cpu_seconds": int(limits.timeout_s) + 1,
               "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-              "processes": limits.processes}
+              "processes": limits.processes, "failed_status": JAIL_FAILED}
     env = {**MINIMAL_ENV, "HOME": str(folder)}
     with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
         start = time.perf_counter()
