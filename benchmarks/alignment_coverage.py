@@ -1,4 +1,4 @@
-"""How two tokenizers' cuts of the same text line up (distill.alignment).
+"""How two tokenizers' cuts of the same text line up (distill.lm.alignment).
 
 For each text, both tokenizers cut it; the spans where both break at the same byte
 are aligned. Prints, per direction (teacher -> student), the share of the teacher's
@@ -16,7 +16,7 @@ the validation prose shipped with distill. With `--served N`, the first model is
 teacher behind an API instead: `distill serve` serves it on loopback, stage 01's API
 backend samples N prompts from it (as params/cross/gemma-to-smollm2.yaml does
 locally), and the coverage is that of the tokens and bytes the endpoint returned,
-re-read in the second model's tokens as stage 02 does (distill.cross_tokenizer).
+re-read in the second model's tokens as stage 02 does (distill.lm.cross_tokenizer).
 """
 
 import argparse
@@ -26,10 +26,10 @@ from pathlib import Path
 
 def texts_from(source: str | None) -> list[str]:
     if source is None:
-        from distill.data import load_validation_prose
+        from distill.lm.data import load_validation_prose
 
         return [part.strip() for part in load_validation_prose().split("\n\n") if part.strip()]
-    from distill.samples import read_samples
+    from distill.lm.samples import read_samples
 
     return [t for t in read_samples(Path(source))["completion"].tolist() if t]
 
@@ -37,12 +37,12 @@ def texts_from(source: str | None) -> list[str]:
 def served(count: int, teacher: str, student: str) -> None:
     import tempfile
 
-    from distill.api.teacher import sample_endpoint
-    from distill.cross_tokenizer import cross_examples
-    from distill.data import load_prompts, split_prompts
-    from distill.models import load_tokenizer, resolve_model_path
-    from distill.params import load_params
-    from distill.samples import read_samples
+    from distill.core.params import load_params
+    from distill.lm.cross_tokenizer import cross_examples
+    from distill.lm.data import load_prompts, split_prompts
+    from distill.lm.models import load_tokenizer, resolve_model_path
+    from distill.lm.samples import read_samples
+    from distill.teachers.openai_api import sample_endpoint
     from distill.testing import launch
 
     process, url = launch(teacher)
@@ -82,9 +82,9 @@ def main() -> None:
         served(args.served, *args.models.split(","))
         return
 
-    from distill.alignment import align_spans
-    from distill.models import load_tokenizer, resolve_model_path
-    from distill.token_bytes import TokenBytes
+    from distill.lm.alignment import align_spans
+    from distill.lm.models import load_tokenizer, resolve_model_path
+    from distill.lm.token_bytes import TokenBytes
 
     texts = texts_from(args.texts)
     names = args.models.split(",")

@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill import sampling
-from distill.api import health
-from distill.api.client import Endpoint
-from distill.api.teacher import sample_api
-from distill.data import load_prompts, split_prompts
-from distill.models import load_model
-from distill.samples import read_samples
+from distill.lm.data import load_prompts, split_prompts
+from distill.lm.models import load_model
+from distill.lm.samples import read_samples
+from distill.teachers import health
+from distill.teachers import local as sampling
+from distill.teachers.api_client import Endpoint
+from distill.teachers.openai_api import sample_api
 from distill.testing import FaultProxy, launch
 
 

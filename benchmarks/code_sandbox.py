@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from distill import data
 from distill.coding import judge, sandbox, tasks
+from distill.lm import data
 
 TASK = {"prompt": "def add(a, b):\n", "entry_point": "add", "tests": "assert add(1, 2) == 3\n"}
 MISBEHAVIOUR = {

@@ -30,8 +30,8 @@ STUDENT = "smollm2-135m-instruct"
 
 def train_once(arm: str, cross_run: Path, same_run: Path, steps: int, batch_size: int,
                precision: str) -> dict:
-    from distill.models import load_model
-    from distill.params import StudentTrainingParams
+    from distill.core.params import StudentTrainingParams
+    from distill.lm.models import load_model
     from distill.training import train, transfer_set
 
     student, tokenizer = load_model(STUDENT)

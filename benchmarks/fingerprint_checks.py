@@ -35,9 +35,9 @@ def main() -> None:
 
     import numpy as np
 
-    from distill import data, models, samples
-    from distill.api import fingerprint
-    from distill.api.client import endpoint_from_spec
+    from distill.lm import data, models, samples
+    from distill.teachers import fingerprint
+    from distill.teachers.api_client import endpoint_from_spec
     from distill.testing import launch
     from distill.training.finetune import changed_teacher
 

@@ -328,9 +328,9 @@ def teacher(args) -> int:
     out = Path(args.out).resolve()
     facts = build_teacher(out, args.seed)
     built = time.perf_counter() - started
-    from distill.data import encode_chat, load_prompts
-    from distill.generation import generate
-    from distill.models import check_model_name, load_model
+    from distill.lm.data import encode_chat, load_prompts
+    from distill.lm.generation import generate
+    from distill.lm.models import check_model_name, load_model
 
     check_model_name(str(out))
     model, tokenizer = load_model(str(out))
@@ -340,14 +340,14 @@ def teacher(args) -> int:
     print(f"teacher {out}: {facts['parameters'] / 1e6:.1f} M parameters, "
           f"{facts['layers']} layers, width {facts['hidden_size']}, vocabulary "
           f"{facts['vocab_size']}, {facts['mb']:.0f} MB, built in {built:.1f} s; loaded by "
-          f"distill.models.load_model, prompt of {len(prompts[0])} tokens, generated "
+          f"distill.lm.models.load_model, prompt of {len(prompts[0])} tokens, generated "
           f"{[tokenizer.decode(o['completion_ids']) for o in outputs]}")
     return 0
 
 
 def params(args) -> int:
     """The params with the overrides, validated as `distill run` does before a run."""
-    from distill.params import ParamsError, load_params
+    from distill.core.params import ParamsError, load_params
     from distill.pipeline import preflight
 
     try:
@@ -373,10 +373,10 @@ def train_child(run_dir: Path, teacher_dir: str, source: str, precision: str, he
     `head`: chunked (the LM head projected with the loss, distill's default) or whole."""
     import torch
 
-    from distill.measure import peak_memory_mb
-    from distill.models import load_model, prune_layers
-    from distill.params import StudentTrainingParams
-    from distill.samples import SHARD_PREFIXES, build_examples, read_samples
+    from distill.core.measure import peak_memory_mb
+    from distill.core.params import StudentTrainingParams
+    from distill.lm.models import load_model, prune_layers
+    from distill.lm.samples import SHARD_PREFIXES, build_examples, read_samples
     from distill.training import batch_loss, train
 
     if head == "whole":
@@ -410,11 +410,11 @@ def sampling_child(run_dir: Path, teacher_dir: str, precision: str, batch_size: 
     the run's chat prompts, top-20 log-probs, greedy."""
     import torch
 
-    from distill.generation import generate_all
-    from distill.measure import peak_memory_mb
-    from distill.models import load_model
-    from distill.precision import weights_dtype
-    from distill.samples import read_samples
+    from distill.core.measure import peak_memory_mb
+    from distill.core.precision import weights_dtype
+    from distill.lm.generation import generate_all
+    from distill.lm.models import load_model
+    from distill.lm.samples import read_samples
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(teacher_dir, dtype=weights_dtype(precision))
@@ -517,7 +517,7 @@ def summary(args) -> int:
             step, seconds, status = line.split("\t")
             add(f"script step {step}", f"{float(seconds):7.1f} s  {status}")
     stages = manifest.get("stages") or {}
-    order = ("teacher_sampling", "student_training", "evaluation")  # distill.params.STAGES
+    order = ("teacher_sampling", "student_training", "evaluation")  # distill.core.params.STAGES
     rank = {stage: index for index, stage in enumerate(order)}
     stages = {s: stages[s] for s in sorted(stages, key=lambda s: rank.get(s, len(order)))}
     for stage, info in stages.items():
@@ -549,10 +549,10 @@ def summary(args) -> int:
             if row["device"] == "cuda" else
             f"{row['tokens_per_second']:.0f} tokens/s, peak RSS {row['peak_memory_mb']:.0f} MB")
     if args.teacher:
-        from distill.models import load_model
+        from distill.lm.models import load_model
 
         placed = load_model(args.teacher)[0].device
-        add("distill.models.load_model places on", f"{placed} (stages 01 and 03 sample and "
+        add("distill.lm.models.load_model places on", f"{placed} (stages 01 and 03 sample and "
             f"score with the model there; only 02's training moves to the GPU)"
             if placed.type == "cpu" else str(placed))
     print("\n== gpu_check summary")

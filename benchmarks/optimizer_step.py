@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from distill.models import load_model, prune_layers
+from distill.lm.models import load_model, prune_layers
 
 
 def main():

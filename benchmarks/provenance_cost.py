@@ -1,4 +1,4 @@
-"""Wall time of each provenance test (distill.provenance) at N prompts on this machine.
+"""Wall time of each provenance test (distill.studies.provenance) at N prompts on this machine.
 
 What each test costs beyond loading the models, as notebook 05 runs it:
 - output agreement: greedy answers of the suspect, the candidate and the control
@@ -31,8 +31,9 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
-    from distill import data, generation, models, provenance
-    from distill.watermark import Watermark
+    from distill.lm import data, generation, models
+    from distill.lm.watermark import Watermark
+    from distill.studies import provenance
 
     chosen = provenance.fresh_prompts(data.load_prompts(), [args.suspect], args.prompts, 0)
     messages = [p["messages"] for p in chosen]

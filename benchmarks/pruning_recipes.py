@@ -14,7 +14,8 @@ import argparse
 import math
 import time
 
-from distill import data, evaluation, models, pruning, samples, validation
+from distill.evaluation import metrics as evaluation
+from distill.lm import data, models, pruning, samples, validation
 
 
 def main():

@@ -23,10 +23,10 @@ import time
 import numpy as np
 import torch
 
-from distill.data import encode_chat, load_prompts, split_prompts
-from distill.generation import generate_all
-from distill.models import load_model
-from distill.precision import weights_dtype
+from distill.core.precision import weights_dtype
+from distill.lm.data import encode_chat, load_prompts, split_prompts
+from distill.lm.generation import generate_all
+from distill.lm.models import load_model
 
 
 def sample(model, tokenizer, prompt_ids, batch_size, max_new_tokens):
@@ -40,7 +40,7 @@ def sample(model, tokenizer, prompt_ids, batch_size, max_new_tokens):
 @torch.inference_mode()
 def transformers_generate(model, tokenizer, prompt_ids, batch_size, max_new_tokens):
     """Greedy samples with top-20 log-probs by `model.generate`, in distill's format."""
-    from distill.generation import stop_token_ids
+    from distill.lm.generation import stop_token_ids
 
     stops, outputs = stop_token_ids(tokenizer, model.generation_config), []
     start = time.perf_counter()

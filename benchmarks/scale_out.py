@@ -25,7 +25,7 @@ import yaml
 
 
 def train_copy(run_dir: Path, scratch: Path, config, label: str):
-    from distill import runs
+    from distill.core import runs
     from distill.testing import free_port
     from distill.training import launch
 
@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     args = parser.parse_args()
 
-    from distill.params import StudentTrainingParams
-    from distill.precision import autocast_mode
+    from distill.core.params import StudentTrainingParams
+    from distill.core.precision import autocast_mode
 
     section = yaml.safe_load((args.run_dir / "params.yaml").read_text())["student_training"]
     rows = []

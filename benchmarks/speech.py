@@ -47,7 +47,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from distill.models import count_parameters, folder_size
+    from distill.lm.models import count_parameters, folder_size
     from distill.speech import labelling, whisper
     from distill.speech.metrics import word_error_rate
     from distill.speech.transcribe import features, timed_transcription, token_limits, transcribe

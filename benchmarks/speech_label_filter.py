@@ -24,11 +24,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", default=["null:15", "0.3:30", "0.5:15"])
     args = parser.parse_args()
 
-    from distill.params_speech import SpeechTrainingParams
     from distill.speech import batches, labelling, whisper
     from distill.speech.metrics import word_error_rate
+    from distill.speech.params import SpeechTrainingParams
+    from distill.speech.training import train_student
     from distill.speech.transcribe import features, token_limits, transcribe
-    from distill.training.speech import train_student
 
     base = yaml.safe_load((args.run_dir / "params.yaml").read_text())["speech_training"]
     teacher, tokenizer = whisper.load_whisper("whisper-tiny.en")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 
 def sample(run_dir: Path, prompts: int):
-    from distill.data import load_prompts, split_prompts
-    from distill.models import load_model
-    from distill.sampling import sample_teacher
+    from distill.lm.data import load_prompts, split_prompts
+    from distill.lm.models import load_model
+    from distill.teachers.local import sample_teacher
 
     model, tokenizer = load_model("smollm2-135m-instruct")
     train, _ = split_prompts(load_prompts(), 0, seed=0, train_size=prompts)
@@ -33,9 +33,9 @@ def sample(run_dir: Path, prompts: int):
 
 def train_once(run_dir: Path, source: str, precision: str, steps: int, batch_size: int,
                head: str) -> dict:
-    from distill.models import load_model, prune_layers
-    from distill.params import StudentTrainingParams
-    from distill.samples import build_examples, read_samples
+    from distill.core.params import StudentTrainingParams
+    from distill.lm.models import load_model, prune_layers
+    from distill.lm.samples import build_examples, read_samples
     from distill.training import batch_loss, train
 
     if head == "whole":

@@ -40,10 +40,10 @@ def make_samples(run_dir: Path, precision: str) -> float:
     offline path adds to the answers every method needs."""
     import torch
 
-    from distill.data import load_prompts, split_prompts
-    from distill.models import load_model
-    from distill.samples import build_examples, collate, read_samples
-    from distill.sampling import sample_teacher
+    from distill.lm.data import load_prompts, split_prompts
+    from distill.lm.models import load_model
+    from distill.lm.samples import build_examples, collate, read_samples
+    from distill.teachers.local import sample_teacher
 
     model, tokenizer = load_model(TEACHER)
     train, _ = split_prompts(load_prompts(), 0, seed=0, train_size=PROMPTS)
@@ -66,7 +66,7 @@ def make_samples(run_dir: Path, precision: str) -> float:
 def ordered_examples(run_dir: Path):
     """The examples (at most MAX_LENGTH tokens) in the order distill's seeded first
     epoch visits them, so that a sequential sampler (TRL) sees the same batches."""
-    from distill.samples import build_examples, epoch_order, read_samples
+    from distill.lm.samples import build_examples, epoch_order, read_samples
 
     examples = [e for e in build_examples(read_samples(run_dir))
                 if len(e.input_ids) <= MAX_LENGTH]
@@ -75,9 +75,9 @@ def ordered_examples(run_dir: Path):
 
 
 def run_distill(run_dir: Path, source: str, precision: str, steps: int) -> dict:
-    from distill.models import load_model, prune_layers
-    from distill.params import StudentTrainingParams
-    from distill.precision import autocast_mode
+    from distill.core.params import StudentTrainingParams
+    from distill.core.precision import autocast_mode
+    from distill.lm.models import load_model, prune_layers
     from distill.training import train
 
     teacher, tokenizer = load_model(TEACHER)
@@ -106,9 +106,9 @@ def run_trl(run_dir: Path, precision: str, steps: int) -> dict:
     from transformers import TrainerCallback
     from trl.experimental.gkd import GKDConfig, GKDTrainer
 
-    from distill.losses import IGNORE_INDEX
-    from distill.models import load_model, prune_layers
-    from distill.samples import collate
+    from distill.lm.losses import IGNORE_INDEX
+    from distill.lm.models import load_model, prune_layers
+    from distill.lm.samples import collate
 
     teacher, tokenizer = load_model(TEACHER)
     student = prune_layers(teacher)
@@ -160,7 +160,7 @@ def run_trl(run_dir: Path, precision: str, steps: int) -> dict:
 
 
 def child(run_dir: Path, method: str, precision: str, steps: int) -> dict:
-    from distill.measure import peak_memory_mb
+    from distill.core.measure import peak_memory_mb
 
     result = run_trl(run_dir, precision, steps) if method == "trl" else \
         run_distill(run_dir, method.split()[-1], precision, steps)

@@ -49,13 +49,13 @@ def tiny_model_teacher_vocab() -> LlamaForCausalLM:
 def teacher_tokenizer():
     """The embedded teacher's tokenizer (left padding, chat template). Converts the
     GGUF file once (~40 s), then loads from ~/.cache/distill."""
-    from distill.models import load_tokenizer, resolve_model_path
+    from distill.lm.models import load_tokenizer, resolve_model_path
 
     return load_tokenizer(resolve_model_path("smollm2-135m-instruct"))
 
 
 class MiniTokenizer:
-    """The least a tokenizer must provide for `distill.sampling.generate`: left
+    """The least a tokenizer must provide for `distill.teachers.local.generate`: left
     padding to tensors, an EOS id and a pad id."""
 
     chat_template = None

@@ -1,4 +1,4 @@
-"""distill.alignment: spans by bytes across two tokenizations, and the cross-tokenizer
+"""distill.lm.alignment: spans by bytes across two tokenizations, and the cross-tokenizer
 losses against direct references."""
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from distill import alignment, losses
-from distill.alignment import Span
+from distill.lm import alignment, losses
+from distill.lm.alignment import Span
 
 
 def _spans(teacher, student):

@@ -6,7 +6,7 @@ tokens: SentencePiece with byte fallback, thousands of special tokens), saved to
 and served from it as `distill serve FOLDER` serves it. The student: SmolLM2's tokenizer,
 onto which Gemma's tokens do not map. Sampled locally and through the openai backend,
 the teacher's tokens come back as the same bytes, log-probs and top-k alternatives, so
-`distill.alignment` cuts both into the same spans against the student's tokens: an
+`distill.lm.alignment` cuts both into the same spans against the student's tokens: an
 endpoint with top_logprobs serves token-level KD across tokenizers, not text only."""
 
 from collections import Counter
@@ -16,15 +16,16 @@ import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-from distill import models, samples, sampling
-from distill.alignment import align_spans
-from distill.api.client import Endpoint
-from distill.api.server import create_app, load_for_serving
-from distill.api.teacher import sample_api
-from distill.data import encode_chat, load_prompts, split_prompts
-from distill.generation import generate
+from distill.lm import models, samples
+from distill.lm.alignment import align_spans
+from distill.lm.data import encode_chat, load_prompts, split_prompts
+from distill.lm.generation import generate
+from distill.lm.token_bytes import TokenBytes
+from distill.serve.server import create_app, load_for_serving
+from distill.teachers import local as sampling
+from distill.teachers.api_client import Endpoint
+from distill.teachers.openai_api import sample_api
 from distill.testing import BackgroundServer
-from distill.token_bytes import TokenBytes
 
 GEMMA = "gemma3-270m"
 NAME = "tiny-gemma"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill import generation, models, samples
-from distill.data import encode_chat
+from distill.lm import generation, models, samples
+from distill.lm.data import encode_chat
 from distill.pipeline import run_pipeline
 from distill.testing import FaultProxy, launch
 

@@ -13,11 +13,11 @@ import openai
 import pytest
 import torch
 
-from distill.api.server import create_app
-from distill.data import encode_chat
-from distill.generation import generate
+from distill.lm.data import encode_chat
+from distill.lm.generation import generate
+from distill.lm.token_bytes import TokenBytes
+from distill.serve.server import create_app
 from distill.testing import BackgroundServer
-from distill.token_bytes import TokenBytes
 
 KEY = "test-serve-key-5f2c"
 NAME = "tiny-teacher"
@@ -240,7 +240,7 @@ def test_distill_serve_waits_passively_unless_told_otherwise(monkeypatch):
     import uvicorn
 
     from distill import cli
-    from distill.api import server
+    from distill.serve import server
 
     monkeypatch.setattr(server, "load_for_serving", lambda *args: (None, None, "m"))
     monkeypatch.setattr(server, "create_app", lambda *args, **kwargs: None)
@@ -257,9 +257,9 @@ def test_endpoint_answers_equal_local_greedy_answers(server, tiny_model_teacher_
                                                      teacher_tokenizer, monkeypatch):
     """`distill provenance` reaches a model behind an API by BASE_URL#MODEL: its greedy
     answers are those the model gives locally."""
-    from distill.api.client import endpoint_from_spec, is_endpoint
-    from distill.api.teacher import endpoint_answers
-    from distill.generation import chat_answers
+    from distill.lm.generation import chat_answers
+    from distill.teachers.api_client import endpoint_from_spec, is_endpoint
+    from distill.teachers.openai_api import endpoint_answers
 
     monkeypatch.setenv("PROVENANCE_KEY", KEY)
     spec = f"{server}/v1#{NAME}"

@@ -21,21 +21,22 @@ import pandas as pd
 import pytest
 
 from conftest import make_tiny_model
-from distill import samples, sampling
-from distill.api import health
-from distill.api.client import ApiTeacherError, Endpoint, RequestCache, check_endpoint
-from distill.api.retries import (
+from distill.lm import samples
+from distill.lm.data import load_prompts, split_prompts
+from distill.lm.token_bytes import TokenBytes
+from distill.serve.server import create_app
+from distill.teachers import health
+from distill.teachers import local as sampling
+from distill.teachers.api_client import ApiTeacherError, Endpoint, RequestCache, check_endpoint
+from distill.teachers.openai_api import fingerprint_endpoint, response_to_sample, sample_api
+from distill.teachers.retries import (
     InFlightLimit,
     attempt_timeout,
     backoff,
     backoff_base,
     retry_after,
 )
-from distill.api.server import create_app
-from distill.api.teacher import fingerprint_endpoint, response_to_sample, sample_api
-from distill.data import load_prompts, split_prompts
 from distill.testing import BackgroundServer, FaultProxy, free_port
-from distill.token_bytes import TokenBytes
 
 KEY_ENV, KEY = "DISTILL_TEST_API_KEY", "sk-test-9d41c7a0e2"
 NAME = "tiny-teacher"

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from distill.coding import sandbox
+from distill.lm.samples import read_samples
 from distill.pipeline import run_pipeline
-from distill.samples import read_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distill import data
 from distill.coding import judge, sandbox, tasks
+from distill.lm import data
 
 QUICK = sandbox.Limits(timeout_s=2.0)
 

@@ -1,4 +1,4 @@
-"""distill.cross_tokenizer and the cross-tokenizer objectives: samples re-read in a
+"""distill.lm.cross_tokenizer and the cross-tokenizer objectives: samples re-read in a
 student's tokens, and the objectives on a batch of them, against direct references."""
 
 import json
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import alignment, cross_tokenizer, losses, samples
-from distill.data import encode_chat
-from distill.params import ParamsError, load_params
-from distill.token_bytes import TokenBytes
+from distill.core.params import ParamsError, load_params
+from distill.lm import alignment, cross_tokenizer, losses, samples
+from distill.lm.data import encode_chat
+from distill.lm.token_bytes import TokenBytes
 
 K = 5
 
@@ -21,7 +21,7 @@ K = 5
 def gemma_tokenizer():
     """Gemma 3's tokenizer (SentencePiece, 262,144 ids, byte fallback); converts the
     embedded model once (~60 s), as tests/test_models.py does."""
-    from distill.models import load_tokenizer, resolve_model_path
+    from distill.lm.models import load_tokenizer, resolve_model_path
 
     return load_tokenizer(resolve_model_path("gemma3-270m"))
 
@@ -170,7 +170,7 @@ def test_a_schema_1_shard_is_still_read(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from distill.runs import SAMPLES
+    from distill.core.runs import SAMPLES
 
     old_schema = pa.schema([f for f in samples.SAMPLE_SCHEMA
                             if f.name not in samples.SCHEMA_2_COLUMNS])

@@ -1,12 +1,14 @@
-"""distill.data (prompt sets, split, corpus) and the answer metrics of distill.evaluation."""
+"""distill.lm.data (prompt sets, split, corpus) and the answer metrics of
+distill.evaluation.metrics."""
 
 import json
 
 import pandas as pd
 import pytest
 
-from distill import data, evaluation
-from distill.data import PromptError
+from distill.evaluation import metrics as evaluation
+from distill.lm import data
+from distill.lm.data import PromptError
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +209,7 @@ def test_rouge_l_offline(monkeypatch):
 def test_parquet_with_missing_references_and_ids_gives_none_not_nan(tmp_path):
     import pandas as pd
 
-    from distill.data import load_prompts
+    from distill.lm.data import load_prompts
 
     path = tmp_path / "prompts.parquet"
     pd.DataFrame({"prompt": ["a?", "b?"], "reference": ["1", None],
@@ -220,7 +222,7 @@ def test_parquet_with_missing_references_and_ids_gives_none_not_nan(tmp_path):
 def test_sequences_open_with_bos_where_the_tokenizer_adds_one(teacher_tokenizer):
     """Gemma-like tokenizers add <bos> by default and degrade without it; SmolLM2's adds
     nothing. Prompts and texts that open a sequence get it once, continuations never."""
-    from distill.data import encode_chat, encode_start
+    from distill.lm.data import encode_chat, encode_start
 
     messages = [{"role": "user", "content": "Why is the sky blue?"}]
     plain = teacher_tokenizer("Hello there", add_special_tokens=False)["input_ids"]

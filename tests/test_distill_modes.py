@@ -5,9 +5,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill import compare, models, runs, samples, training
-from distill.losses import IGNORE_INDEX, HiddenStateLoss
-from distill.params import ParamsError
+from distill import training
+from distill.core import runs
+from distill.core.params import ParamsError
+from distill.evaluation import compare
+from distill.lm import models, samples
+from distill.lm.losses import IGNORE_INDEX, HiddenStateLoss
 from test_samples import _samples
 from test_training import _config
 

@@ -1,5 +1,5 @@
-"""The figures of the drift study (distill.drift) and the collapse study
-(distill.collapse), on cases small enough to check by hand."""
+"""The figures of the drift study (distill.studies.drift) and the collapse study
+(distill.studies.collapse), on cases small enough to check by hand."""
 
 import math
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from distill import collapse, drift
-from distill.samples import IGNORE_INDEX, Example
+from distill.lm.samples import IGNORE_INDEX, Example
+from distill.studies import collapse, drift
 
 
 def test_negative_flips_count_right_answers_turned_wrong():

@@ -9,7 +9,7 @@ import pytest
 
 from distill import cli
 from distill.pipeline import run_study
-from distill.study import SUMMARY
+from distill.studies.runner import SUMMARY
 
 pytestmark = pytest.mark.e2e
 STUDIES = "params/studies"

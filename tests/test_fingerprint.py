@@ -1,4 +1,4 @@
-"""Teacher fingerprints (distill.api.fingerprint) against `distill serve`: a restart of
+"""Teacher fingerprints (distill.teachers.fingerprint) against `distill serve`: a restart of
 the same model is the same model; another model, the same weights in bf16, and a copy
 fine-tuned for 10 steps are not. Tiny models with the teacher's vocabulary keep it
 fast; their weights are drawn large (initializer_range 1) so their log-probs are as
@@ -9,11 +9,12 @@ import json
 import pytest
 
 from conftest import make_tiny_model
-from distill import cli, data, samples
-from distill.api import fingerprint
-from distill.api.client import endpoint_from_spec
-from distill.api.server import create_app
-from distill.models import load_model, save_model
+from distill import cli
+from distill.lm import data, samples
+from distill.lm.models import load_model, save_model
+from distill.serve.server import create_app
+from distill.teachers import fingerprint
+from distill.teachers.api_client import endpoint_from_spec
 from distill.testing import BackgroundServer
 from distill.training.finetune import changed_teacher
 

@@ -1,4 +1,4 @@
-"""distill.generation: stop tokens, greedy and sampled generation with raw-logit top-k
+"""distill.lm.generation: stop tokens, greedy and sampled generation with raw-logit top-k
 log-probs, batching equal to one at a time, length-sorted batches."""
 
 import copy
@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from distill import generation
+from distill.lm import generation
 
 PROMPTS = [[1, 5, 9, 3], [7, 2], [4, 4, 8, 6, 10, 12], [11]]
 

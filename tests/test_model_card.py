@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import yaml
 
-from distill import runs
-from distill.model_card import metrics_table, render_model_card, teacher_license, write_model_card
-from distill.models import EMBEDDED
+from distill.core import runs
+from distill.evaluation.model_card import (
+    metrics_table,
+    render_model_card,
+    teacher_license,
+    write_model_card,
+)
+from distill.lm.models import EMBEDDED
 
 PARAMS = {
     "run": {"name": "default", "seed": 0, "teacher": "smollm2-135m-instruct",
@@ -149,7 +154,7 @@ def test_write_model_card_writes_readme(tmp_path):
 def test_usage_follows_the_students_tokenizer(tmp_path):
     """A student whose tokenizer has no chat template (a base model's) is shown on plain
     text: apply_chat_template would fail there."""
-    from distill.model_card import write_model_card
+    from distill.evaluation.model_card import write_model_card
 
     (tmp_path / "tokenizer_config.json").write_text("{}")
     kwargs = {"teacher": "smollm2-135m-instruct", "student_name": "s", "params": {},

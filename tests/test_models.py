@@ -1,4 +1,4 @@
-"""distill.models: layer pruning, config students, parameter counting, name resolution,
+"""distill.lm.models: layer pruning, config students, parameter counting, name resolution,
 the embedded teachers."""
 
 import dataclasses
@@ -7,7 +7,8 @@ import re
 import pytest
 import torch
 
-from distill import cli, models
+from distill import cli
+from distill.lm import models
 
 
 def _state(module):

@@ -1,4 +1,4 @@
-"""The notebooks' `parameters` cells carry the same keys and defaults as distill.params."""
+"""The notebooks' `parameters` cells carry the same keys and defaults as distill.core.params."""
 
 import ast
 import dataclasses
@@ -8,8 +8,13 @@ import nbformat
 import papermill
 import pytest
 
-from distill.params import EvaluationParams, RunParams, StudentTrainingParams, TeacherSamplingParams
-from distill.params_speech import (
+from distill.core.params import (
+    EvaluationParams,
+    RunParams,
+    StudentTrainingParams,
+    TeacherSamplingParams,
+)
+from distill.speech.params import (
     SpeechEvaluationParams,
     SpeechLabellingParams,
     SpeechTrainingParams,

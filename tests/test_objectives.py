@@ -1,7 +1,7 @@
-"""Every objective in distill.losses.OBJECTIVES (dense and top-k), checked against
+"""Every objective in distill.lm.losses.OBJECTIVES (dense and top-k), checked against
 plain-numpy float64 references that loop over positions and work with probabilities
 (not log-probs), plus the identities the docstrings promise, and the training loss
-(distill.losses.distillation_loss) built from them."""
+(distill.lm.losses.distillation_loss) built from them."""
 
 import math
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import losses
+from distill.lm import losses
 
 BATCH, SEQ, VOCAB = 2, 4, 9
 IGNORED = [(0, 1), (1, 0), (1, 3)]  # 5 of 8 positions kept
@@ -348,8 +348,11 @@ def test_topk_buckets_match_reference(name, value, k):
     assert expected > 1e-4
     assert got == pytest.approx(expected, rel=1e-4, abs=1e-6)
     # merging the tail into one bucket loses information: at T = 1 the bucketed value is
-    # a lower bound of the dense one (data processing inequality; all are f-divergences)
-    assert got <= float(_dense(name, value, student, teacher, labels)) + 1e-6
+    # a lower bound of the dense one (data processing inequality; all are f-divergences).
+    # With k = VOCAB - 1 the tail is one token and the two are equal in exact arithmetic:
+    # float32 sums in another order then differ by a few ulps, so the slack is relative.
+    dense = float(_dense(name, value, student, teacher, labels))
+    assert got <= dense * (1 + 1e-5) + 1e-6
 
 
 def test_topk_buckets_are_distributions():

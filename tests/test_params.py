@@ -1,4 +1,4 @@
-"""distill.params: YAML loading, overrides, and validation errors that name file and key."""
+"""distill.core.params: YAML loading, overrides, and validation errors that name file and key."""
 
 import dataclasses
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.params import SECTIONS, ParamsError, RunParams, StudentTrainingParams, load_params
+from distill.core.params import SECTIONS, ParamsError, RunParams, StudentTrainingParams, load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 # every params file; sweep files (base + variants) are checked in test_distill_modes

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from distill.core.precision import autocast_mode
 from distill.pipeline import run_pipeline
-from distill.precision import autocast_mode
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.e2e

@@ -1,9 +1,9 @@
-"""distill.precision: the probe, the auto rule, and one verdict per run."""
+"""distill.core.precision: the probe, the auto rule, and one verdict per run."""
 
 import pytest
 import torch
 
-from distill import precision, runs
+from distill.core import precision, runs
 
 
 def test_probe_times_both_formats_quickly():

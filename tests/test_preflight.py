@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from distill import cli, models, pipeline
-from distill.params import ParamsError, RunParams, load_params
+from distill import cli, pipeline
+from distill.core.params import ParamsError, RunParams, load_params
+from distill.lm import models
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "params" / "smoke.yaml")

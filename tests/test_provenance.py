@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from distill import data, generation, provenance
-from distill.watermark import Watermark, detect
+from distill.lm import data, generation
+from distill.lm.watermark import Watermark, detect
+from distill.studies import provenance
 
 
 def test_holm_against_a_hand_worked_example():

@@ -1,12 +1,12 @@
-"""distill.pruning: each recipe on a tiny random model: its parameter count, that it
+"""distill.lm.pruning: each recipe on a tiny random model: its parameter count, that it
 runs and generates, width pruning with every channel kept is the teacher exactly, and
 `auto` keeps the candidate of lowest score."""
 
 import pytest
 import torch
 
-from distill import generation, pruning
-from distill.models import count_parameters
+from distill.lm import generation, pruning
+from distill.lm.models import count_parameters
 
 CALIBRATION = [[1, 5, 9, 3, 7, 2, 11, 4], [4, 4, 8, 6, 10, 12, 30, 31, 2]]
 

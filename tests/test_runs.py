@@ -1,11 +1,11 @@
-"""distill.runs: atomic writes, artifact hashes, the manifest."""
+"""distill.core.runs: atomic writes, artifact hashes, the manifest."""
 
 import hashlib
 import json
 
 import pytest
 
-from distill import runs
+from distill.core import runs
 
 
 class Boom(Exception):

@@ -1,4 +1,4 @@
-"""distill.samples, the training view: examples from samples, labels aligned with next
+"""distill.lm.samples, the training view: examples from samples, labels aligned with next
 tokens, text-only samples, and collation of the teacher's top-k onto target positions."""
 
 import math
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import samples
-from distill.losses import IGNORE_INDEX
+from distill.lm import samples
+from distill.lm.losses import IGNORE_INDEX
 
 K = 4
 TEACHER_PROBS = [0.7, 0.1, 0.05, 0.05]  # the top-4 of a fixed teacher; tail 0.1

@@ -1,10 +1,11 @@
-"""distill.sampling (the local teacher backend) and distill.samples (the shard store):
+"""distill.teachers.local (the local teacher backend) and distill.lm.samples (the shard store):
 shards written atomically with their settings, resume, and read back."""
 
 import pytest
 
-from distill import samples, sampling
-from distill.data import encode_chat
+from distill.lm import samples
+from distill.lm.data import encode_chat
+from distill.teachers import local as sampling
 
 
 def _prompts(n):

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from conftest import make_tiny_model
-from distill import runs, training
-from distill.params import StudentTrainingParams
+from distill import training
+from distill.core import runs
+from distill.core.params import StudentTrainingParams
 from distill.testing import free_port
 from distill.training import launcher
 from test_samples import _samples
@@ -56,7 +57,7 @@ def _run_folder(folder: Path) -> Path:
 
 def _one_process(folder: Path, config: StudentTrainingParams) -> pd.DataFrame:
     """Notebook 02's in-kernel path."""
-    from distill.models import load_model
+    from distill.lm.models import load_model
 
     student, tokenizer = load_model(str(folder / runs.STUDENT_INIT))
     examples, validation = training.transfer_set(folder, config, seed=0)

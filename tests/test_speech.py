@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from distill.params import ParamsError, load_params
-from distill.params_speech import SpeechLabellingParams, SpeechTrainingParams
+from distill.core.params import ParamsError, load_params
 from distill.speech import batches, labelling, synth, transcribe, whisper
+from distill.speech import training as speech_training
 from distill.speech.metrics import normalize, word_error_rate
-from distill.training import speech as speech_training
+from distill.speech.params import SpeechLabellingParams, SpeechTrainingParams
 
 
 def tiny_whisper(seed: int = 0) -> WhisperForConditionalGeneration:

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from distill import study
-from distill.samples import Example
+from distill.lm.samples import Example
+from distill.studies import runner as study
 
 
 def _pool(tag: int, n: int) -> list[Example]:

@@ -1,4 +1,4 @@
-"""Tokenizer-free figures of notebook 03 (distill.evaluation.tokenizer_free_scores): bits
+"""Tokenizer-free figures of notebook 03 (distill.evaluation.metrics.tokenizer_free_scores): bits
 per byte of the teacher's answers and next-word agreement under teacher forcing."""
 
 import copy
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from conftest import MiniTokenizer, make_tiny_model
-from distill import data, evaluation, generation
+from distill.evaluation import metrics as evaluation
+from distill.lm import data, generation
 
 
 class TextTokenizer(MiniTokenizer):

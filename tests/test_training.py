@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import chunked_head, samples, training
-from distill.losses import IGNORE_INDEX
-from distill.params import StudentTrainingParams
+from distill import training
+from distill.core.params import StudentTrainingParams
+from distill.lm import chunked_head, samples
+from distill.lm.losses import IGNORE_INDEX
 from distill.training import batch_loss, loop
 from test_samples import _samples, _text_only
 
@@ -164,7 +165,7 @@ def _head_case(seed=0, batch=2, length=7, width=8, vocab=64, k=4):
 def test_chunked_head_equals_the_full_logits(signal, chunk):
     """Loss parts and gradients (hidden states, head weight) equal distillation_loss on
     hidden @ W^T, whether the kept positions fit one chunk or span several."""
-    from distill.losses import distillation_loss
+    from distill.lm.losses import distillation_loss
 
     hidden, weight, labels, teacher_logits, top = _head_case()
     teacher = {"logits": teacher_logits} if signal == "dense" else \
@@ -184,7 +185,7 @@ def test_chunked_head_equals_the_full_logits(signal, chunk):
 
 
 def test_chunked_head_under_bf16_autocast_matches_the_full_logits_within_bf16():
-    from distill.losses import distillation_loss
+    from distill.lm.losses import distillation_loss
 
     hidden, weight, labels, _, top = _head_case(vocab=256, width=32)
     teacher = {"topk_ids": top.indices, "topk_logprobs": top.values}

@@ -7,7 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from distill import data, generation, params, samples, sampling, training, validation
+from distill import training
+from distill.core import params
+from distill.lm import data, generation, samples, validation
+from distill.teachers import local as sampling
 from distill.training import loop
 from test_samples import _samples
 from test_training import _config
@@ -144,7 +147,7 @@ def test_topk_fidelity_of_the_teacher_itself(tiny_model):
 def test_prose_fidelity_gives_kl_agreement_and_perplexity(tiny_model, tiny_model_factory):
     """On plain text: the teacher against itself has KL 0 and agreement 1; exp(nll) is the
     perplexity of every token after the first, computed directly."""
-    from distill import evaluation
+    from distill.evaluation import metrics as evaluation
 
     tokenizer = CharTokenizer()
     text = "a small model reads a plain text, one character at a time. " * 2

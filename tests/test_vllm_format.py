@@ -30,10 +30,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from distill import samples
-from distill.api.client import Endpoint, check_endpoint
-from distill.api.teacher import sample_api
-from distill.data import encode_chat
+from distill.lm import samples
+from distill.lm.data import encode_chat
+from distill.teachers.api_client import Endpoint, check_endpoint
+from distill.teachers.openai_api import sample_api
 from distill.testing import free_port
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -8,10 +8,11 @@ import random
 import pytest
 import torch
 
-from distill import generation, sampling
-from distill.params import ParamsError, load_params
+from distill.core.params import ParamsError, load_params
+from distill.lm import generation
+from distill.lm.watermark import Watermark, binomial_upper_tail, detect, from_env
 from distill.pipeline import preflight
-from distill.watermark import Watermark, binomial_upper_tail, detect, from_env
+from distill.teachers import local as sampling
 
 PROMPTS = [[3, 9, 14, 2], [5, 7], [11, 12, 13, 20, 21, 22]]
 

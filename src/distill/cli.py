@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from .params import ParamsError, RunParams, describe
+from .core.params import ParamsError, RunParams, describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "models":
-        from .models import embedded_status
+        from .lm.models import embedded_status
         from .speech.whisper import embedded_status as speech_status
 
         for row in [*embedded_status(), *speech_status()]:
@@ -127,9 +127,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
 
-    from .api.client import ApiTeacherError
-    from .models import ModelNotFound
+    from .lm.models import ModelNotFound
     from .pipeline import StageFailed, run_pipeline, run_sweep
+    from .teachers.api_client import ApiTeacherError
 
     try:
         if args.command == "compare":
@@ -162,9 +162,9 @@ def _serve(args) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import uvicorn
 
-    from .api import api_key_from_env
-    from .api.server import create_app, load_for_serving
-    from .models import ModelNotFound
+    from .core.secrets import api_key_from_env
+    from .lm.models import ModelNotFound
+    from .serve.server import create_app, load_for_serving
 
     try:
         api_key = None if args.api_key_env is None else api_key_from_env(
@@ -173,7 +173,7 @@ def _serve(args) -> int:
             "or drop --api-key-env")
         dtype = args.dtype
         if dtype == "auto":
-            from .precision import describe, resolve, weights_dtype
+            from .core.precision import describe, resolve, weights_dtype
 
             choice, why = resolve("auto")
             print(describe(choice, why))
@@ -197,7 +197,7 @@ def _provenance(args) -> int:
     import pandas as pd
 
     from .pipeline import run_provenance
-    from .provenance import TABLE
+    from .studies.provenance import TABLE
 
     parameters = {"suspect": args.suspect, "candidates": args.candidates}
     for name in ("control", "reference", "prompts", "n_prompts", "max_edit",
@@ -214,7 +214,7 @@ def _study(args) -> int:
     import pandas as pd
 
     from .pipeline import run_study
-    from .study import SUMMARY
+    from .studies.runner import SUMMARY
 
     run_dir = run_study(args.study_file, _settings(args.settings))
     if (run_dir / SUMMARY).exists():  # every study writes its headline table there
@@ -226,9 +226,14 @@ def _study(args) -> int:
 def _fingerprint(args) -> int:
     import openai
 
-    from .api import fingerprint
-    from .api.client import ApiTeacherError, check_endpoint, endpoint_from_spec, is_endpoint
-    from .runs import write_json
+    from .core.runs import write_json
+    from .teachers import fingerprint
+    from .teachers.api_client import (
+        ApiTeacherError,
+        check_endpoint,
+        endpoint_from_spec,
+        is_endpoint,
+    )
 
     old = fingerprint.load(args.check) if args.check else None  # a bad file stops here
     if is_endpoint(args.model):
@@ -236,7 +241,7 @@ def _fingerprint(args) -> int:
         check_endpoint(endpoint)
         probes = fingerprint.EndpointProbes(endpoint)
     else:
-        from .models import load_model
+        from .lm.models import load_model
 
         probes = fingerprint.LocalProbes(*load_model(args.model, dtype=args.dtype))
     try:
@@ -269,7 +274,7 @@ def _settings(settings: list[str]) -> dict:
 def _compare(run_dirs, csv_path) -> int:
     import pandas as pd
 
-    from .compare import compare_runs
+    from .evaluation.compare import compare_runs
 
     table = compare_runs(run_dirs)
     with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from .params import STAGES, Params, ParamsError, load_params
-from .runs import MANIFEST, PARAMS, artifact_hashes, atomic_file, new_run_dir, update_manifest
+from .core.params import STAGES, Params, ParamsError, load_params
+from .core.runs import MANIFEST, PARAMS, artifact_hashes, atomic_file, new_run_dir, update_manifest
 
 NOTEBOOKS = {
     "teacher_sampling": "01_teacher_sampling.ipynb",
@@ -63,7 +63,7 @@ def check_teacher(params: Params) -> None:
     set, the endpoint answers, accepts the key and serves the model."""
     sampling = params.teacher_sampling
     if sampling.backend == "openai":
-        from .api.client import check_endpoint, endpoint_from_params
+        from .teachers.api_client import check_endpoint, endpoint_from_params
 
         check_endpoint(endpoint_from_params(sampling, params.run.teacher))
 
@@ -75,8 +75,8 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
     the run will sample, an API teacher's endpoint.
     Raises ParamsError naming `source` (the params file), the key and the value,
     and saying what to do; ApiTeacherError from the endpoint check."""
-    from .data import PROMPT_SUFFIXES, PromptError, check_corpus_source, check_prompt_source
-    from .models import ModelNotFound, check_model_name
+    from .lm.data import PROMPT_SUFFIXES, PromptError, check_corpus_source, check_prompt_source
+    from .lm.models import ModelNotFound, check_model_name
 
     if params.run.task == "asr":  # the speech sections alone are read
         from .speech import check_params
@@ -113,7 +113,7 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
                           f"a file (relative paths start at {Path.cwd()}); give an accelerate "
                           "config file, such as those in configs/accelerate/, or null")
     if will_sample and params.teacher_sampling.watermark:
-        from .watermark import from_env
+        from .lm.watermark import from_env
 
         sampling = params.teacher_sampling
         try:
@@ -151,9 +151,9 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
                  log_output: bool = False, to_stage: str | None = None) -> Path:
     """Execute the stages (all, or from `from_stage` on, up to `to_stage`) and return the
     run folder."""
-    from .precision import describe as describe_precision
-    from .precision import for_run
-    from .runs import environment
+    from .core.precision import describe as describe_precision
+    from .core.precision import for_run
+    from .core.runs import environment
 
     first = STAGES.index(parse_stage(from_stage)) if from_stage else 0
     last = STAGES.index(parse_stage(to_stage)) if to_stage else len(STAGES) - 1
@@ -204,7 +204,7 @@ def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bo
     study a folder resumes as."""
     import papermill
 
-    from .runs import environment
+    from .core.runs import environment
 
     known = papermill.inspect_notebook(str(notebooks_dir() / notebook_name))
     unknown = sorted(n for n in parameters if n not in known or n == "run_dir")  # ours
@@ -214,7 +214,7 @@ def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bo
     if "watermark_key_env" in known:  # a missing key stops here, not after an hour
         import ast
 
-        from .watermark import from_env
+        from .lm.watermark import from_env
 
         key_env = parameters.get("watermark_key_env",
                                  ast.literal_eval(known["watermark_key_env"]["default"]))
@@ -234,8 +234,8 @@ def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bo
 def check_models(names: list[str], api_key_env: str = "OPENAI_API_KEY") -> None:
     """Every model can be loaded (ModelNotFound) or reached (ApiTeacherError), checked
     before any folder is written."""
-    from .api.client import check_endpoint, endpoint_from_spec, is_endpoint
-    from .models import check_model_name
+    from .lm.models import check_model_name
+    from .teachers.api_client import check_endpoint, endpoint_from_spec, is_endpoint
 
     for name in names:
         if is_endpoint(name):
@@ -258,7 +258,7 @@ def run_study(path: str | Path, overrides: dict, log_output: bool = False) -> Pa
     (STUDIES; provenance when absent), on the file's other keys (the notebook's
     parameters cell lists them) and `overrides`, the teachers checked first. Given a
     study folder instead, it goes on there with the parameters it was started with."""
-    from .runs import read_json
+    from .core.runs import read_json
 
     path = Path(path)
     if path.is_dir():
@@ -291,9 +291,9 @@ def _defaults(notebook_name: str) -> dict:
 
 
 def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
-    """Run every variant of a sweep file (see distill.compare); the first variant
+    """Run every variant of a sweep file (see distill.evaluation.compare); the first variant
     samples the teacher, the others reuse its samples and run from stage 02."""
-    from .compare import load_sweep, share_samples
+    from .evaluation.compare import load_sweep, share_samples
 
     base, variants = load_sweep(path)
     for variant_overrides in variants.values():  # every variant, before the first runs

@@ -7,8 +7,11 @@ are sampled, and pass@k is estimated from them without bias (`tasks.pass_at_k`).
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
+from ..core.runs import save_figure
 from . import sandbox
 from .tasks import pass_at_k, run_answers
 
@@ -46,7 +49,7 @@ def sampled_answers(model, tokenizer, chats: list[list[dict]], samples: int,
         return [[] for _ in chats]
     import torch
 
-    from ..generation import chat_answers
+    from ..lm.generation import chat_answers
 
     torch.manual_seed(seed)
     flat, _ = chat_answers(model, tokenizer, chats * samples, max_new_tokens, batch_size, desc,
@@ -89,3 +92,18 @@ def failure_kinds(results: pd.DataFrame) -> pd.DataFrame:
     counts = pd.crosstab(results["model"], results["outcome"])
     counts = counts.reindex(columns=[k for k in sandbox.KINDS if k in counts], fill_value=0)
     return counts.loc[list(dict.fromkeys(results["model"]))]
+
+
+def plot_outcomes(counts: pd.DataFrame, run_dir=None):
+    """How each model's answers to code tasks ended (`failure_kinds`): one stacked bar
+    per model, passed first; figures/code_outcomes.png."""
+    shares = counts.div(counts.sum(axis=1), axis=0)
+    figure, axis = plt.subplots(figsize=(8, 0.6 * len(shares) + 1.6))
+    kinds = sandbox.KINDS  # a kind keeps its colour
+    colours = dict(zip(kinds, sns.color_palette("tab10", len(kinds))))
+    shares.plot.barh(stacked=True, ax=axis, width=0.7, color=[colours[k] for k in shares])
+    axis.set(title="Code tasks: how the answers ended", xlabel="share of answers", ylabel="")
+    axis.invert_yaxis()
+    axis.legend(loc="upper left", bbox_to_anchor=(1, 1), frameon=False)
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "code_outcomes")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..runs import atomic_file
+from ..core.runs import atomic_file
+from ..lm.data import PromptError, register_prompt_set, register_row_kind
 from . import sandbox
 
 INSTRUCTION = ("Complete this Python code. Reply with the complete code in one ```python "
@@ -27,7 +28,7 @@ INSTRUCTION = ("Complete this Python code. Reply with the complete code in one `
 FENCED = re.compile(r"```[ \t]*(?:python3?|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL | re.IGNORECASE)
 
 
-class TaskError(ValueError):
+class TaskError(PromptError):
     """A code task row is malformed; the message says which row and field."""
 
 
@@ -55,6 +56,19 @@ def task_fields(row: dict, where: str) -> dict:
         raise TaskError(f"{where}: 'tests' is not valid Python ({error.msg}, line "
                         f"{error.lineno})") from None
     return {"prompt": prompt, "entry_point": entry_point, "tests": tests}
+
+
+def read_code_task(row: dict, where: str, prompt_field: str) -> tuple[dict, dict] | None:
+    """A prompt row that is a code task, as `distill.lm.data.load_prompts` reads it: the
+    instruction becomes its prompt text, and the task goes under 'code'."""
+    if not is_code_task(row):
+        return None
+    code = task_fields(row, where)
+    return {**row, prompt_field: instruction(code["prompt"]), "messages": None}, {"code": code}
+
+
+register_prompt_set("code", "code_tasks.jsonl", "the built-in code tasks")
+register_row_kind(read_code_task)
 
 
 def instruction(prompt: str) -> str:

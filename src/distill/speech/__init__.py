@@ -3,7 +3,7 @@
 whisper.py (the embedded teacher, its students), synth.py (offline speech),
 transcribe.py (features, greedy decoding with top-k), labelling.py (the audio set and
 its pseudo-labels, stage 01), batches.py (what the decoder trains and is scored on),
-metrics.py (WER). Training itself is distill.training.speech (stage 02), on the text
+metrics.py (WER). Training itself is distill.speech.training (stage 02), on the text
 loop. `check_params` runs before a speech run writes anything."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from ..models import EMBEDDED, cache_root
-from ..params import Params, ParamsError
+from ..core.params import Params, ParamsError
+from ..lm.models import EMBEDDED, cache_root
 
 
 def check_params(params: Params, source) -> None:

@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..losses import IGNORE_INDEX, forward_kl, topk_divergence
-from ..samples import Example, collate
+from ..lm.losses import IGNORE_INDEX, forward_kl, topk_divergence
+from ..lm.samples import Example, collate
 from .labelling import clip_of
 from .transcribe import features
 from .whisper import END, PREFIX

@@ -19,10 +19,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from ..data import builtin_path
-from ..params_speech import SpeechLabellingParams
-from ..runs import atomic_file, sha256
+from ..core.runs import atomic_file, sha256
+from ..lm.data import builtin_path
 from .metrics import word_error_rate
+from .params import SpeechLabellingParams
 from .transcribe import features, token_limits, transcribe
 from .whisper import SAMPLE_RATE
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from ..data import builtin_path
+from ..lm.data import builtin_path
 
 
 @functools.lru_cache(maxsize=1)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models import ModelNotFound, _package_folder, cache_root
-from ..runs import STUDENT, atomic_dir
+from ..core.embedded import ModelNotFound, cache_root, package_folder
+from ..core.runs import STUDENT, atomic_dir
 
 SAMPLE_RATE = 16_000  # what Whisper's log-mel features expect
 # tiny.en's special tokens: the English-only prefix is <|startoftranscript|><|notimestamps|>
@@ -56,7 +56,7 @@ EMBEDDED_ASR = {
 
 def embedded_status() -> list[dict]:
     """One row per embedded speech teacher, as `models.embedded_status` (distill models)."""
-    return [{"name": name, "installed": _package_folder(entry.package) is not None,
+    return [{"name": name, "installed": package_folder(entry.package) is not None,
              "cached": (cache_root() / name / "config.json").exists(),
              "description": entry.description, "install": entry.install_command}
             for name, entry in EMBEDDED_ASR.items()]
@@ -199,7 +199,7 @@ def resolve_whisper(name: str) -> Path:
         if (target / "config.json").exists():
             return target
         entry = EMBEDDED_ASR[name]
-        package = _package_folder(entry.package)
+        package = package_folder(entry.package)
         if package is None:
             raise ModelNotFound(f"embedded speech teacher {name!r} needs the package "
                                 f"{entry.pypi_name}; install it with: {entry.install_command}")

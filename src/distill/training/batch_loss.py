@@ -10,15 +10,15 @@ import contextlib
 
 import torch
 
-from ..chunked_head import distillation_loss_from_hidden
-from ..generation import generate
-from ..losses import IGNORE_INDEX, distillation_loss
-from ..models import layer_outputs
-from ..params import StudentTrainingParams
-from ..samples import CROSS_FIELDS, Example
+from ..core.params import StudentTrainingParams
+from ..lm.chunked_head import distillation_loss_from_hidden
+from ..lm.generation import generate
+from ..lm.losses import IGNORE_INDEX, distillation_loss
+from ..lm.models import layer_outputs
+from ..lm.samples import CROSS_FIELDS, Example
 
 # what a batch holds of the teacher: its cached top-k, and, for a student with another
-# tokenizer, the aligned signal (distill.cross_tokenizer)
+# tokenizer, the aligned signal (distill.lm.cross_tokenizer)
 TEACHER_FIELDS = ("topk_ids", "topk_logprobs", *(field[0] for field in CROSS_FIELDS))
 
 

@@ -13,10 +13,10 @@ import copy
 import shutil
 from pathlib import Path
 
-from ..models import load_model, save_model
-from ..params import StudentTrainingParams
-from ..runs import CHECKPOINTS
-from ..samples import Example
+from ..core.params import StudentTrainingParams
+from ..core.runs import CHECKPOINTS
+from ..lm.models import load_model, save_model
+from ..lm.samples import Example
 from .loop import train
 
 

@@ -25,8 +25,8 @@ import sys
 from collections import deque
 from pathlib import Path
 
-from ..params import StudentTrainingParams
-from ..runs import SAMPLES, STUDENT, STUDENT_INIT, TRAIN_LOG, TRAINING_JOB, write_json
+from ..core.params import StudentTrainingParams
+from ..core.runs import SAMPLES, STUDENT, STUDENT_INIT, TRAIN_LOG, TRAINING_JOB, write_json
 
 # prefixes of the lines a child prints for the parent: progress for its bar, and the
 # error that stopped it (torchrun's own report of a failure names no cause)
@@ -43,11 +43,11 @@ def transfer_set(run_dir: Path, config: StudentTrainingParams, seed: int, tokeni
     training samples (seeded); 'prose' is the teacher-scored validation prose. Stage
     03's held-out prompts and prose stay unseen. `tokenizer`: the student's, where the
     samples must be re-read in its tokens (another tokenizer than the teacher's, or a
-    cross-tokenizer objective; see distill.cross_tokenizer); None reads the teacher's."""
-    from ..cross_tokenizer import cross_examples
-    from ..params import SOURCES
-    from ..samples import build_examples, read_samples
-    from ..validation import split_validation
+    cross-tokenizer objective; see distill.lm.cross_tokenizer); None reads the teacher's."""
+    from ..core.params import SOURCES
+    from ..lm.cross_tokenizer import cross_examples
+    from ..lm.samples import build_examples, read_samples
+    from ..lm.validation import split_validation
 
     samples = read_samples(run_dir, split="train", sources=SOURCES)
     if tokenizer is not None:
@@ -171,7 +171,7 @@ def _run_job(run_dir: Path) -> None:
     import torch
     from transformers.utils import logging as transformers_logging
 
-    from ..models import load_model
+    from ..lm.models import load_model
     from .loop import train
 
     transformers_logging.disable_progress_bar()  # one bar per process would bury the parent's

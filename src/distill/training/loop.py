@@ -28,13 +28,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..losses import IGNORE_INDEX, HiddenStateLoss
-from ..measure import peak_memory_mb
-from ..models import default_layer_map, save_model
-from ..params import StudentTrainingParams
-from ..runs import CHECKPOINTS, TRAIN_LOG, atomic_file
-from ..samples import Example, collate, epoch_order, length_grouped
-from ..validation import load_best, save_best, topk_fidelity
+from ..core.measure import peak_memory_mb
+from ..core.params import StudentTrainingParams
+from ..core.runs import CHECKPOINTS, TRAIN_LOG, atomic_file
+from ..lm.losses import IGNORE_INDEX, HiddenStateLoss
+from ..lm.models import default_layer_map, save_model
+from ..lm.samples import Example, collate, epoch_order, length_grouped
+from ..lm.validation import load_best, save_best, topk_fidelity
 from .batch_loss import micro_batch_loss, on_policy_examples, weights_sharded
 
 

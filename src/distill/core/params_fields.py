@@ -1,0 +1,60 @@
+"""How a parameter is declared (`_p`), the checks many parameters share, and the
+registries that higher layers fill: the kd_loss objectives (`register_objectives`).
+Used by distill.core.params, distill.core.params_checks and the feature folders'
+own sections (distill.speech.params)."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+# where training samples come from (student_training.source_weights)
+SOURCES = ("chat", "generic", "documents")
+# The OpenAI API returns at most this many alternatives per token (`top_logprobs`);
+# the API teacher is held to it here, and `distill serve` refuses more.
+MAX_TOP_LOGPROBS = 20
+
+
+class ParamsError(ValueError):
+    """A params file or override is invalid; the message names the file and key."""
+
+
+def _p(default, help: str, check=None):
+    """A parameter: default, help text, and an optional (predicate, message) check."""
+    if isinstance(default, (list, dict)):  # mutable defaults need a factory
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"help": help, "check": check})
+    return field(default=default, metadata={"help": help, "check": check})
+
+
+positive = (lambda v: v > 0, "must be > 0")
+non_negative = (lambda v: v >= 0, "must be >= 0")
+optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
+probability = (lambda v: 0 < v <= 1, "must be in (0, 1]")
+
+# kd_loss objectives by name -> (objective, whether it crosses tokenizers). Filled by the
+# modules that define them when they are imported (distill.lm.losses: one vocabulary;
+# distill.lm.alignment: across tokenizers); `import distill` imports both.
+OBJECTIVES: dict[str, tuple[Any, bool]] = {}
+
+
+def register_objectives(objectives: dict[str, Any], cross: bool) -> None:
+    """Make `objectives` (name -> objective) valid values of kd_loss."""
+    for name, objective in objectives.items():
+        if name in OBJECTIVES and OBJECTIVES[name][0] is not objective:
+            raise ValueError(f"kd_loss objective {name!r} is registered twice")
+        OBJECTIVES[name] = (objective, cross)
+
+
+def objective_names(cross: bool | None = None) -> list[str]:
+    """kd_loss names: all, or (cross) only those for a student with another tokenizer,
+    or (not cross) only those over one vocabulary."""
+    return [name for name, (_, crosses) in OBJECTIVES.items() if cross is None or crosses == cross]
+
+
+def objective_named(name: str):
+    """The objective `kd_loss` names, whichever module registered it."""
+    if name not in OBJECTIVES:
+        raise KeyError(f"kd_loss {name!r}: not an objective; known: "
+                       + ", ".join(objective_names()))
+    return OBJECTIVES[name][0]

@@ -1,0 +1,269 @@
+"""Metrics that say how much of the teacher a student keeps, and at what cost.
+
+- Teacher-forced fidelity on the held-out teacher completions: forward
+  KL(p_T || p_S) per completion token (the training objective's direction) and
+  top-1 agreement (student's argmax == teacher's argmax).
+- The same on a text corpus that no stage trains on (prose), and perplexity there.
+- Tokenizer-free, on the same held-out answers, so runs compare whatever the student's
+  vocabulary: bits per byte of the answers' text, and next-word agreement (the model's
+  greedy next word, after the answer's text so far, is the answer's).
+- Generated answers: ROUGE-L against the teacher's answer (the shipped local
+  `evaluate` module), and, where the prompt has a reference, exact match and
+  reference-in-answer accuracy.
+- Cost: parameters, size on disk, generation tokens/s.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import string
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from ..lm.data import builtin_path, encode_chat
+from ..lm.generation import generate, right_padded_logits, stop_token_ids
+from ..lm.losses import IGNORE_INDEX, dense_divergence, forward_kl
+from ..lm.samples import build_examples, collate
+
+
+@torch.inference_mode()
+def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
+                            batch_size: int) -> dict[str, dict]:
+    """{name: {'kl', 'top1_agreement', 'nll', 'tokens'}} over the completion tokens of
+    `samples` (a samples DataFrame, or Examples such as `samples.prose_examples`), with the
+    teacher's logits computed once per batch for all students. `nll` is the mean
+    next-token loss on the text itself: exp(nll) is the perplexity."""
+    examples = samples if isinstance(samples, list) else build_examples(samples)
+    examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; sums only
+    sums = {name: {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0} for name in students}
+    for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
+        batch = {k: v.to(teacher.device)
+                 for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        teacher_logits = teacher(**inputs).logits[:, :-1].float()
+        keep = batch["labels"] != IGNORE_INDEX
+        count = int(keep.sum())
+        for name, student in students.items():
+            student_logits = teacher_logits if student is teacher else \
+                student(**inputs).logits[:, :-1].float()  # the teacher among them: once
+            sums[name]["kl"] += float(dense_divergence(
+                forward_kl, student_logits, teacher_logits, batch["labels"])) * count
+            same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
+            sums[name]["agree"] += int(same[keep].sum())
+            sums[name]["nll"] += float(torch.nn.functional.cross_entropy(
+                student_logits[keep], batch["labels"][keep], reduction="sum"))
+            sums[name]["tokens"] += count
+    return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
+                   "nll": s["nll"] / s["tokens"], "tokens": s["tokens"]}
+            for name, s in sums.items()}
+
+
+def normalize(text: str) -> str:
+    """Lowercase, drop punctuation and extra spaces (SQuAD-style answer matching)."""
+    text = text.lower().translate(str.maketrans("", "", string.punctuation))
+    return " ".join(text.split())
+
+
+def exact_match(answer: str, reference: str) -> bool:
+    """The normalized answer is the normalized reference."""
+    return normalize(answer) == normalize(reference)
+
+
+def reference_in_answer(answer: str, reference: str) -> bool:
+    """The normalized reference appears in the normalized answer as whole words:
+    lenient scoring for chat models that answer in a sentence."""
+    return re.search(rf"\b{re.escape(normalize(reference))}\b", normalize(answer)) is not None
+
+
+@functools.cache
+def _rouge_metric():
+    """The shipped local ROUGE-L module, loaded once per process (not once per model)."""
+    import evaluate
+
+    return evaluate.load(str(builtin_path("rouge_l")))
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure per pair, through `evaluate` with the shipped local module."""
+    return _rouge_metric().compute(predictions=predictions,
+                                   references=references)["rougeL_per_pair"]
+
+
+def answer_scores(answers: list[str], teacher_answers: list[str],
+                  references: list[str | None]) -> dict:
+    """ROUGE-L vs the teacher's answers, and accuracy on the prompts with a reference."""
+    scores = {"rouge_l_vs_teacher": sum(rouge_l(answers, teacher_answers)) / len(answers)}
+    graded = [(a, r) for a, r in zip(answers, references) if r is not None]
+    scores["graded_prompts"] = len(graded)
+    scores["exact_match"] = (sum(exact_match(a, r) for a, r in graded) / len(graded)
+                             if graded else None)
+    scores["reference_in_answer"] = (sum(reference_in_answer(a, r) for a, r in graded)
+                                     / len(graded) if graded else None)
+    return scores
+
+
+# --- tokenizer-free figures ---------------------------------------------------------
+
+WORD = re.compile(r"\S+")  # a word: a maximal run of non-whitespace characters
+
+
+@torch.inference_mode()
+def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
+                          max_word_tokens: int = 16) -> dict:
+    """Bits per byte and next-word agreement of `model` on the teacher's answers in
+    `samples` (a samples DataFrame: `messages`, `completion`, `finish_reason`): figures
+    of text, not tokens, so they compare models whose tokenizers differ.
+
+    Each model reads each sample with its own `tokenizer`: the prompt formatted by its
+    chat template (`encode_chat`) and the completion text c tokenized alone (no special
+    tokens), the two id lists concatenated. Encoding them apart keeps the prompt's end
+    a token boundary for every tokenizer; no end-of-turn token is scored or counted.
+
+    bits_per_byte = sum over samples of -log2 p(c's tokens | prompt) / sum of bytes(c),
+    bytes(c) the UTF-8 length of c.
+
+    next_word_agreement = agreeing words / counted words, over all samples. The words of
+    c are its maximal runs of non-whitespace, w_k ending at character e_k (e_0 = 0);
+    w_k counts when it is complete (followed by whitespace in c, or last in an answer
+    that ended with a stop token rather than at the length limit). Its context is the
+    prompt and c[:e_{k-1}]: the text up to the end of the previous word, so the
+    whitespace before w_k is the model's to predict. The model agrees when its greedy
+    continuation of the context, leading whitespace removed, reads w_k followed by
+    whitespace or a stop token within `max_word_tokens` tokens (whatever tokens spell
+    it). The context's ids are the model's tokens of c up to e_{k-1} where they end
+    there, else its tokenization of c[:e_{k-1}]. One forward pass over prompt + c gives
+    the greedy token after every prefix, and the greedy continuation follows c's tokens
+    while it picks them, so most words are decided without decoding; the rest
+    (`decoded_words`) get a short batched greedy decode.
+    """
+    stops = set(stop_token_ids(tokenizer, model.generation_config))
+    rows = [(json.loads(m) if isinstance(m, str) else m, c, reason == "stop")
+            for m, c, reason in zip(samples["messages"], samples["completion"],
+                                    samples["finish_reason"]) if c]
+    rows.sort(key=lambda row: len(row[1]))  # batches of like length pad little; sums only
+    sums = {"bits": 0.0, "bytes": 0, "tokens": 0, "words": 0, "agree": 0}
+    undecided = []  # (context ids, greedy tokens known after it, word)
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        encoded = [(encode_chat(tokenizer, m), tokenizer(c, add_special_tokens=False)
+                    ["input_ids"]) for m, c, _ in chunk]
+        logits = right_padded_logits(model, [p + ids for p, ids in encoded])
+        for row, ((prompt, ids), (_, text, stopped)) in enumerate(zip(encoded, chunk)):
+            scored = logits[row, len(prompt) - 1:len(prompt) + len(ids)].float()
+            targets = torch.tensor(ids, device=scored.device)[:, None]
+            nll = scored[:-1].logsumexp(-1) - scored[:-1].gather(-1, targets).squeeze(-1)
+            sums["bits"] += float(nll.sum()) / math.log(2)
+            sums["bytes"] += len(text.encode("utf-8"))
+            sums["tokens"] += len(ids)
+            greedy = scored.argmax(-1).tolist()  # greedy[j]: after prompt + ids[:j]
+            ends = _token_ends(tokenizer, ids, text)
+            words = list(WORD.finditer(text))
+            for k, word in enumerate(words):
+                if word.end() == len(text) and not stopped:
+                    continue  # maybe cut off by the length limit
+                sums["words"] += 1
+                end = words[k - 1].end() if k else 0
+                if end in ends:
+                    i = ends[end]
+                    known = _known_greedy(greedy, ids, i, max_word_tokens)
+                    context = prompt + ids[:i]
+                else:
+                    known = []
+                    context = prompt + tokenizer(text[:end], add_special_tokens=False)[
+                        "input_ids"]
+                verdict = _word_verdict(tokenizer, known, word.group(), stops)
+                if verdict is None and len(known) < max_word_tokens:
+                    undecided.append((context, known, word.group()))
+                else:
+                    sums["agree"] += bool(verdict)
+    sums["decoded_words"] = len(undecided)
+    steps = 4  # most words are decided within a few tokens: decode in rounds, not to the cap
+    while undecided:
+        still = []
+        for start in range(0, len(undecided), batch_size):  # in order: long shared prefixes
+            chunk = undecided[start:start + batch_size]
+            more = generate(model, tokenizer, [c + known for c, known, _ in chunk],
+                            min(steps, max(max_word_tokens - len(k) for _, k, _ in chunk)))
+            for (context, known, word), out in zip(chunk, more):
+                tokens = (known + out["completion_ids"])[:max_word_tokens]
+                verdict = _word_verdict(tokenizer, tokens, word, stops)
+                if verdict is None and len(tokens) < max_word_tokens:
+                    still.append((context, tokens, word))
+                else:
+                    sums["agree"] += bool(verdict)
+        undecided, steps = still, 2 * steps
+    return {"bits_per_byte": sums["bits"] / sums["bytes"] if sums["bytes"] else None,
+            "next_word_agreement": sums["agree"] / sums["words"] if sums["words"] else None,
+            **{key: sums[key] for key in ("bytes", "tokens", "words", "decoded_words")}}
+
+
+def _token_ends(tokenizer, ids: list[int], text: str) -> dict[int, int]:
+    """{character offset e: i} wherever the first i tokens of `ids` decode to text[:e]."""
+    ends = {}
+    for i in range(len(ids) + 1):
+        piece = tokenizer.decode(ids[:i], skip_special_tokens=True)
+        if text.startswith(piece):
+            ends[len(piece)] = i
+    return ends
+
+
+def _known_greedy(greedy: list[int], ids: list[int], i: int, limit: int) -> list[int]:
+    """The first greedy tokens after prompt + ids[:i] that one forward pass tells: while
+    greedy picks the next token of `ids` the continuation is `ids`, and the first token it
+    picks otherwise ends what is known."""
+    known = []
+    for j in range(i, min(len(ids), i + limit - 1) + 1):
+        known.append(greedy[j])
+        if j == len(ids) or greedy[j] != ids[j]:
+            break
+    return known
+
+
+def _word_verdict(tokenizer, tokens: list[int], word: str, stops: set[int]) -> bool | None:
+    """Whether a continuation that starts with `tokens` gives `word` as its next word:
+    True once its text, leading whitespace removed, reads `word` then whitespace or a stop
+    token; False once it cannot any more; None while its tokens so far leave it open."""
+    for m in range(1, len(tokens) + 1):
+        text = tokenizer.decode(tokens[:m], skip_special_tokens=True).lstrip()
+        if text.startswith(word) and text[len(word):len(word) + 1].isspace():
+            return True
+        if tokens[m - 1] in stops:
+            return text == word
+        if not word.startswith(text.rstrip("\ufffd")):  # U+FFFD: a character not yet whole
+            return False
+    return None
+
+
+def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
+                  text_scores: dict, scores: dict, speed: dict):
+    """One row per model, one column per figure: size and cost, fidelity under teacher
+    forcing on the held-out answers and on held-out prose (with the perplexity there,
+    exp of its mean next-token loss), the tokenizer-free figures (`text_scores`, from
+    `tokenizer_free_scores`), answer scores, generation speed (what metrics.json
+    holds). A model missing from `fidelity` and `prose` (another tokenizer than the
+    teacher's: per-token figures are undefined) gets NaN there."""
+    import pandas as pd
+
+    from ..lm.models import count_parameters, folder_size
+
+    return pd.DataFrame({
+        name: {
+            "parameters_m": count_parameters(model) / 1e6,
+            "size_mb": folder_size(folders[name]) / 2**20 if Path(folders[name]).is_dir()
+            else None,
+            # per-token figures exist for models of the teacher's vocabulary only
+            "heldout_kl": fidelity.get(name, {}).get("kl", math.nan),
+            "top1_agreement": fidelity.get(name, {}).get("top1_agreement", math.nan),
+            "prose_kl": prose.get(name, {}).get("kl", math.nan),
+            "prose_top1_agreement": prose.get(name, {}).get("top1_agreement", math.nan),
+            "perplexity": math.exp(prose[name]["nll"]) if name in prose else math.nan,
+            "bits_per_byte": text_scores[name]["bits_per_byte"],
+            "next_word_agreement": text_scores[name]["next_word_agreement"],
+            **scores[name],
+            "generation_tokens_per_second": speed[name],
+        } for name, model in contenders.items()}).T

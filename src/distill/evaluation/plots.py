@@ -1,0 +1,94 @@
+"""Seaborn figures for the notebooks; each returns its figure and can save it."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from ..core.runs import save_figure
+
+sns.set_theme(style="whitegrid", context="notebook")
+
+
+def completion_lengths(samples: pd.DataFrame, run_dir=None):
+    """Histogram of completion lengths, coloured by why generation stopped."""
+    frame = samples.assign(tokens=samples["completion_ids"].map(len))
+    figure, axis = plt.subplots(figsize=(7, 3.5))
+    sns.histplot(frame, x="tokens", hue="finish_reason", multiple="stack", bins=30, ax=axis)
+    axis.set(title="Teacher completion lengths", xlabel="tokens per completion")
+    return save_figure(figure, run_dir, "completion_lengths")
+
+
+def training_curves(log: pd.DataFrame, run_dir=None):
+    """Loss parts per step (left) with the validation KL where it was measured (dots),
+    and the learning rate schedule (right)."""
+    parts = [c for c in ("loss", "ce", "kd") if c in log]
+    long = log.melt(id_vars="step", value_vars=parts, var_name="term", value_name="value")
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5),
+                                         gridspec_kw={"width_ratios": [2, 1]})
+    sns.lineplot(long, x="step", y="value", hue="term", ax=left)
+    validation = [c for c in log if c.endswith("_kl")]
+    if validation:  # over-fitting shows as a validation KL that rises while the loss falls
+        measured = log.melt(id_vars="step", value_vars=validation, var_name="term",
+                            value_name="value").dropna()
+        sns.lineplot(measured, x="step", y="value", hue="term", marker="o", ax=left,
+                     palette="dark")
+    left.set(title="Training loss and validation KL", ylabel="loss / KL")
+    sns.lineplot(log, x="step", y="lr", ax=right)
+    right.set(title="Learning rate", ylabel="")
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "training_curves")
+
+
+def model_comparison(table: pd.DataFrame, run_dir=None):
+    """One bar chart per metric, a bar per model (rows of `table`, indexed by model)."""
+    metrics = {"heldout_kl": "KL(teacher || model), lower is better",
+               "top1_agreement": "top-1 agreement with teacher",
+               "rouge_l_vs_teacher": "ROUGE-L vs teacher answer",
+               "perplexity": "corpus perplexity (log scale), lower is better",
+               "bits_per_byte": "bits per byte, lower is better",
+               "next_word_agreement": "next-word agreement with teacher",
+               "generation_tokens_per_second": "generation tokens/s",
+               "wer": "WER vs true text, lower is better",
+               "wer_vs_teacher": "WER vs teacher transcript",
+               "real_time_factor": "real-time factor, lower is faster",
+               "transcription_tokens_per_second": "transcription tokens/s",
+               "parameters_m": "parameters (millions)"}
+    metrics = {k: v for k, v in metrics.items() if k in table and table[k].notna().any()}
+    columns = 4
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.6 * columns, 3.4 * rows),
+                                squeeze=False)
+    frame = table.reset_index().rename(columns={"index": "model"})
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    for axis, (metric, title) in zip(axes.flat, metrics.items()):
+        sns.barplot(frame, x="model", y=metric, hue="model", ax=axis, legend=False)
+        axis.set(title=title, xlabel="", ylabel="")
+        if metric == "perplexity":  # a broken student is orders of magnitude off
+            axis.set_yscale("log")
+        axis.tick_params(axis="x", rotation=30)
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "model_comparison")
+
+
+def run_comparison(table: pd.DataFrame, run_dir=None):
+    """One bar chart per figure of `distill.evaluation.compare.compare_runs`' table (its numeric
+    columns, in order), a bar per run."""
+    metrics = [c for c in table.select_dtypes("number") if table[c].notna().any()]
+    columns = 3
+    rows = -(-len(metrics) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(5 * columns, 3.2 * rows),
+                                squeeze=False)
+    frame = table.reset_index()
+    # label bars by objective; add the run name where two runs share one
+    repeated = frame["objective"].duplicated(keep=False)
+    frame["label"] = frame["objective"].where(~repeated, frame["objective"] + " · " + frame["run"])
+    for axis, metric in zip(axes.flat, metrics):
+        sns.barplot(frame, y="label", x=metric, hue="label", ax=axis, legend=False)
+        axis.set(title=metric, ylabel="", xlabel="")
+    for axis in list(axes.flat)[len(metrics):]:
+        axis.set_visible(False)
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "run_comparison")
