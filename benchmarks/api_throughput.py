@@ -49,7 +49,7 @@ def main():
     levels = [int(c) for c in args.concurrency.split(",")]
     os.environ.setdefault("DISTILL_BENCH_KEY", "unused")  # distill serve runs without a key
     # float32, as the local backend it is compared with
-    server, url = launch(args.teacher, "--max-batch-size", str(max(levels)), "--dtype", "float32")
+    server, url = launch(args.teacher, "--max-batch-size", str(max(levels)), "--precision", "fp32")
     _, tokenizer = load_model(args.teacher)
     results = {"prompts": len(train), **settings, "api": {}}
     work = Path(tempfile.mkdtemp(prefix="distill-api-bench-"))

@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("same_run", type=Path)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--precision", default="bf16", choices=("no", "bf16"))
+    parser.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one arm, print JSON
     args = parser.parse_args()

@@ -9,7 +9,7 @@ once each: the same weights at the other precision, a copy fine-tuned for 10 ste
 another model (--other).
 
     python benchmarks/fingerprint_checks.py [--checks 100] [--restart-every 25]
-        [--dtype float32] [--teacher smollm2-135m-instruct] [--other gemma3-270m]
+        [--precision fp32] [--teacher smollm2-135m-instruct] [--other gemma3-270m]
 
 Writes outputs/benchmarks/fingerprint_checks.json. Minutes: one check of the 135M
 teacher on two cores takes a few seconds.
@@ -27,7 +27,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checks", type=int, default=100)
     parser.add_argument("--restart-every", type=int, default=25)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--teacher", default="smollm2-135m-instruct")
     parser.add_argument("--other", default="gemma3-270m")
     parser.add_argument("--output", default="outputs/benchmarks/fingerprint_checks.json")
@@ -43,15 +43,15 @@ def main() -> None:
 
     os.environ.setdefault("OPENAI_API_KEY", "distill-serve-takes-any-key")
 
-    def serving(model: str, dtype: str):
-        process, url = launch(model, "--dtype", dtype, "--name", "teacher")
+    def serving(model: str, precision: str):
+        process, url = launch(model, "--precision", precision, "--name", "teacher")
         return process, endpoint_from_spec(f"{url}/v1#teacher")
 
     def stop(process) -> None:
         process.terminate()
         process.wait(timeout=60)
 
-    process, endpoint = serving(args.teacher, args.dtype)
+    process, endpoint = serving(args.teacher, args.precision)
     started = time.perf_counter()
     recorded = fingerprint.record(fingerprint.EndpointProbes(endpoint), args.teacher)
     record_s = time.perf_counter() - started
@@ -62,7 +62,7 @@ def main() -> None:
     for index in range(args.checks):
         if index and index % args.restart_every == 0:
             stop(process)
-            process, endpoint = serving(args.teacher, args.dtype)
+            process, endpoint = serving(args.teacher, args.precision)
         endpoint.concurrency = rng.randint(2, 8)
         started = time.perf_counter()
         found = fingerprint.check(recorded, fingerprint.EndpointProbes(endpoint))
@@ -76,20 +76,20 @@ def main() -> None:
     examples = samples.prose_examples(tokenizer, data.load_corpus(), 10**9, 64)
     tuned = Path("outputs/benchmarks/fingerprint-finetuned-10")
     changed_teacher(teacher, tokenizer, examples, 10, tuned, lr=1e-4, batch_size=4)
-    other_dtype = "bfloat16" if args.dtype == "float32" else "float32"
-    cases = {f"same weights, {other_dtype}": (args.teacher, other_dtype),
-             "fine-tuned 10 steps": (str(tuned), args.dtype), "another model": (args.other,
-                                                                                args.dtype)}
+    other_precision = "bf16" if args.precision == "fp32" else "fp32"
+    cases = {f"same weights, {other_precision}": (args.teacher, other_precision),
+             "fine-tuned 10 steps": (str(tuned), args.precision), "another model": (args.other,
+                                                                                args.precision)}
     detections = {}
-    for case, (model, dtype) in cases.items():
-        process, endpoint = serving(model, dtype)
+    for case, (model, precision) in cases.items():
+        process, endpoint = serving(model, precision)
         found = fingerprint.check(recorded, fingerprint.EndpointProbes(endpoint))
         stop(process)
         detections[case] = {"median_nats": found.median, "decision": found.decision,
                             "answers_changed": found.answers_changed}
         print(f"{case}: {found.summary()}", flush=True)
 
-    result = {"teacher": args.teacher, "dtype": args.dtype, "checks": args.checks,
+    result = {"teacher": args.teacher, "precision": args.precision, "checks": args.checks,
               "restarts": (args.checks - 1) // args.restart_every, "record_s": record_s,
               "noise": recorded["noise"], "threshold": recorded["threshold"],
               "false_alarms": alarms, "same_median_max": max(medians),

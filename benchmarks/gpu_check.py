@@ -590,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--steps", type=int, default=20)
     bench.add_argument("--max-new-tokens", type=int, default=64)
-    bench.add_argument("--configs", default="topk:bf16,online:bf16,topk:no,topk:bf16:whole",
+    bench.add_argument("--configs", default="topk:bf16,online:bf16,topk:fp32,topk:bf16:whole",
                        help="source:autocast[:whole], as benchmarks/training_throughput.py")
     bench.add_argument("--sampling", default="bf16",
                        help="also time sampling on the GPU in this precision ('' skips it)")

@@ -9,7 +9,7 @@ What each test costs beyond loading the models, as notebook 05 runs it:
   and the green pairs counted.
 
     python benchmarks/provenance_cost.py SUSPECT --candidate T --control C --reference R
-        [--prompts 200] [--max-new-tokens 48] [--dtype float32]
+        [--prompts 200] [--max-new-tokens 48] [--precision fp32]
 
 Run it with nothing else on the machine: on two cores another busy process slows
 every figure several times over.
@@ -28,16 +28,17 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=200)
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     args = parser.parse_args()
 
+    from distill.core.precision import weights_dtype
     from distill.lm import data, generation, models
     from distill.lm.watermark import Watermark
     from distill.studies import provenance
 
     chosen = provenance.fresh_prompts(data.load_prompts(), [args.suspect], args.prompts, 0)
     messages = [p["messages"] for p in chosen]
-    loaded = {name: models.load_model(name, dtype=args.dtype)
+    loaded = {name: models.load_model(name, dtype=weights_dtype(args.precision))
               for name in dict.fromkeys([args.suspect, args.candidate, args.control,
                                          args.reference])}
     answers, seconds = {}, {}
@@ -67,7 +68,7 @@ def main() -> None:
     seconds["watermark (re-read + count)"] = time.perf_counter() - started
 
     answer_time = sum(v for k, v in seconds.items() if k.startswith("answers"))
-    print(f"\n{len(messages)} prompts, {args.max_new_tokens} new tokens at most, {args.dtype}")
+    print(f"\n{len(messages)} prompts, {args.max_new_tokens} new tokens at most, {args.precision}")
     for name, value in seconds.items():
         print(f"{name:<46} {value:8.1f} s")
     print(f"{'output agreement in all (3 models answer)':<46} {answer_time:8.1f} s")

@@ -34,7 +34,8 @@ def train_copy(run_dir: Path, scratch: Path, config, label: str):
     os.symlink((run_dir / runs.SAMPLES).resolve(), folder / runs.SAMPLES)
     shutil.copytree(run_dir / runs.STUDENT_INIT, folder / runs.STUDENT_INIT)
     started = time.perf_counter()
-    log = launch(folder, config, seed=0, teacher="unused", port=free_port())
+    # the config's mixed_precision (set per row below) wins over the precision given here
+    log = launch(folder, config, seed=0, teacher="unused", precision="fp32", port=free_port())
     return folder, log, time.perf_counter() - started
 
 

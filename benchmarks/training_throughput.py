@@ -3,7 +3,7 @@ distillation, float32 vs bfloat16 autocast, LM head chunked with the loss or who
 same samples and student.
 
     python benchmarks/training_throughput.py [--steps 6] [--batch-size 8]
-        [--configs topk:no,online:no,topk:bf16]   # source:autocast[:whole]
+        [--configs topk:fp32,online:fp32,topk:bf16]   # source:autocast[:whole]
 
 A third field `whole` projects the LM head over every position at once (as before
 the head was chunked with the loss). Each configuration runs in its own process, so
@@ -63,7 +63,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--configs", default="topk:no,online:no,topk:bf16,online:bf16")
+    parser.add_argument("--configs", default="topk:fp32,online:fp32,topk:bf16,online:bf16")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--child", nargs=4, metavar=("RUN_DIR", "SOURCE", "PRECISION", "HEAD"))
     args = parser.parse_args()

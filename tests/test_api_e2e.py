@@ -40,7 +40,7 @@ def served_teacher(key, tmp_path_factory):
     with open(log, "w") as output:
         try:
             # float32: the log-probs are compared with a local float32 forward below
-            server, url = launch(TEACHER, "--api-key-env", KEY_ENV, "--dtype", "float32",
+            server, url = launch(TEACHER, "--api-key-env", KEY_ENV, "--precision", "fp32",
                                  env={**os.environ, KEY_ENV: key}, output=output)
         except RuntimeError as error:
             pytest.fail(f"{error}:\n{log.read_text()}")

@@ -246,10 +246,10 @@ def test_distill_serve_waits_passively_unless_told_otherwise(monkeypatch):
     monkeypatch.setattr(server, "create_app", lambda *args, **kwargs: None)
     monkeypatch.setattr(uvicorn, "run", lambda *args, **kwargs: None)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert cli.main(["serve", "--dtype", "float32"]) == 0
+    assert cli.main(["serve", "--precision", "fp32"]) == 0
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert cli.main(["serve", "--dtype", "float32"]) == 0
+    assert cli.main(["serve", "--precision", "fp32"]) == 0
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
 
 

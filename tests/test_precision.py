@@ -51,7 +51,11 @@ def test_a_run_probes_once_and_records_the_verdict(tmp_path, monkeypatch):
 
 def test_stage_settings_override_the_run_choice():
     assert precision.weights_dtype("bf16") == "bfloat16"
-    assert precision.weights_dtype("bf16", "float32") == "float32"
-    assert precision.autocast_mode("fp32") == "no"
+    assert precision.weights_dtype("bf16", "fp32") == "float32"
+    assert precision.autocast_mode("fp32") == "fp32"
     assert precision.autocast_mode("bf16") == "bf16"
-    assert precision.autocast_mode("bf16", "no") == "no"
+    assert precision.autocast_mode("bf16", "fp32") == "fp32"
+    # one spelling everywhere; accelerate's own name for no autocast stays inside
+    assert precision.accelerate_mixed_precision("fp32") == "no"
+    assert precision.accelerate_mixed_precision(None) == "no"
+    assert precision.accelerate_mixed_precision("bf16") == "bf16"

@@ -30,7 +30,7 @@ EXAMPLES = 21
 
 def _config(**changes) -> StudentTrainingParams:
     settings = {"epochs": 2, "batch_size": 4, "lr": 1e-2, "warmup_steps": 1,
-                "mixed_precision": "no", "checkpoint_every": 4, "validation_size": 3,
+                "mixed_precision": "fp32", "checkpoint_every": 4, "validation_size": 3,
                 "validation_every": 5, "keep": "best"}
     return StudentTrainingParams(**{**settings, **changes})
 
@@ -80,7 +80,7 @@ def trained(tmp_path_factory):
     one, two = _run_folder(root / "one"), _run_folder(root / "two")
     logs = {"one": _one_process(one, _config()),
             "two": training.launch(two, _config(processes=2), seed=0, teacher="unused",
-                                   port=free_port())}
+                                   precision="fp32", port=free_port())}
     return root, logs
 
 
@@ -109,7 +109,7 @@ def test_two_processes_train_the_same_student_as_one(trained):
 def test_a_killed_two_process_run_resumes_exactly(trained, tmp_path):
     root, logs = trained
     folder, config = _run_folder(tmp_path / "killed"), _config(processes=2)
-    launcher.write_job(folder, config, seed=0, teacher="unused")
+    launcher.write_job(folder, config, seed=0, teacher="unused", precision="fp32")
     command = launcher.launch_command(folder, config, port=free_port())
     command[command.index("-m", 4):] = [str(HERE / "killed_training.py"), str(folder)]
     environment = {**os.environ, "KILL_AFTER_STEP": "8", "OMP_NUM_THREADS": "1",
@@ -118,7 +118,8 @@ def test_a_killed_two_process_run_resumes_exactly(trained, tmp_path):
     assert killed.returncode != 0
     assert training.latest_checkpoint(folder)[0] == 8 and not (folder / runs.STUDENT).exists()
 
-    log = training.launch(folder, config, seed=0, teacher="unused", port=free_port())
+    log = training.launch(folder, config, seed=0, teacher="unused", precision="fp32",
+                          port=free_port())
     pd.testing.assert_frame_equal(
         log.drop(columns=["seconds", "tokens_per_second", "peak_memory_mb"]),
         logs["two"].drop(columns=["seconds", "tokens_per_second", "peak_memory_mb"]))
@@ -135,7 +136,7 @@ def test_a_failed_launch_says_what_and_keeps_the_checkpoints(tmp_path):
     shutil.rmtree(folder / runs.STUDENT_INIT)
     with pytest.raises(training.TrainingFailed,
                        match="(?s)process 0: SystemExit: .*student_init.*run again to resume"):
-        training.launch(folder, _config(processes=2), seed=0, teacher="unused",
+        training.launch(folder, _config(processes=2), seed=0, teacher="unused", precision="fp32",
                         port=free_port())
     assert (checkpoint / "model.safetensors").read_bytes() == b"kept"
 
@@ -156,12 +157,13 @@ def test_the_launch_command_follows_the_params(tmp_path):
 
 
 def test_the_job_carries_the_runs_precision(tmp_path):
-    with pytest.raises(ValueError, match="mixed_precision"):
-        launcher.write_job(tmp_path, _config(mixed_precision=None), seed=0, teacher="t")
-    path = launcher.write_job(tmp_path, _config(mixed_precision="bf16", processes=2), seed=3,
-                            teacher="t")
+    with pytest.raises(ValueError, match="precision"):  # the run's choice, not a request
+        launcher.write_job(tmp_path, _config(), seed=0, teacher="t", precision="auto")
+    config = _config(mixed_precision=None, processes=2)
+    path = launcher.write_job(tmp_path, config, seed=3, teacher="t", precision="bf16")
     job = runs.read_json(path)
-    assert job["seed"] == 3 and job["student_training"]["mixed_precision"] == "bf16"
+    assert job["seed"] == 3 and job["precision"] == "bf16"
+    assert job["student_training"]["mixed_precision"] is None  # the validated config, as it was
     assert StudentTrainingParams(**job["student_training"]).launches
 
 

@@ -19,7 +19,7 @@ def _config(**changes) -> StudentTrainingParams:
     """Small, fast training settings for the tiny models; `changes` override them."""
     settings = {"epochs": 1, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "lr": 1e-2,
                 "warmup_steps": 1, "weight_decay": 0.0, "max_grad_norm": 1.0,
-                "mixed_precision": "no", "checkpoint_every": 2, "ce_weight": 0.0,
+                "mixed_precision": "fp32", "checkpoint_every": 2, "ce_weight": 0.0,
                 "kd_weight": 1.0, "temperature": 1.0}
     return StudentTrainingParams(**{**settings, **changes})
 

@@ -7,7 +7,7 @@ import argparse
 import os
 import sys
 
-from .core.params import ParamsError, RunParams, describe
+from .core.params import PRECISIONS, ParamsError, RunParams, describe
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--request-timeout", type=float,
                        help="seconds after which a request nobody answered is dropped "
                        "(default 600; sooner where the client says its own timeout)")
-    serve.add_argument("--dtype", default="auto",
-                       choices=["auto", "float32", "bfloat16", "float16"],
-                       help="weights' dtype; auto measures, as run.precision auto does")
+    serve.add_argument("--precision", default="auto", choices=PRECISIONS,
+                       help="the weights' number format; auto measures, as run.precision "
+                       "auto does (default %(default)s)")
 
     provenance = commands.add_parser(
         "provenance", help="was SUSPECT distilled from a candidate? three tests with p-values "
@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     fingerprint.add_argument("--check", metavar="FILE",
                              help="compare with this fingerprint, or a run folder's teacher "
                              "fingerprint, instead of recording")
-    fingerprint.add_argument("--dtype", default="float32",
-                             choices=["float32", "bfloat16", "float16"],
+    fingerprint.add_argument("--precision", default="fp32", choices=PRECISIONS[1:],
                              help="a local model's weights (default %(default)s)")
     fingerprint.add_argument("--api-key-env", default="OPENAI_API_KEY", metavar="VAR",
                              help="the endpoint's key (default %(default)s)")
@@ -171,14 +170,12 @@ def _serve(args) -> int:
             args.api_key_env, f"--api-key-env {args.api_key_env}: the environment variable "
             f"{args.api_key_env} is not set or empty; export {args.api_key_env}=<key> first, "
             "or drop --api-key-env")
-        dtype = args.dtype
-        if dtype == "auto":
-            from .core.precision import describe, resolve, weights_dtype
+        from .core.precision import describe, resolve, weights_dtype
 
-            choice, why = resolve("auto")
+        choice, why = resolve(args.precision)
+        if args.precision == "auto":
             print(describe(choice, why))
-            dtype = weights_dtype(choice)
-        model, tokenizer, name = load_for_serving(args.model, dtype)
+        model, tokenizer, name = load_for_serving(args.model, weights_dtype(choice))
     except (ValueError, ModelNotFound) as error:
         print(f"distill: error: {error}", file=sys.stderr)
         return 2
@@ -241,9 +238,11 @@ def _fingerprint(args) -> int:
         check_endpoint(endpoint)
         probes = fingerprint.EndpointProbes(endpoint)
     else:
+        from .core.precision import weights_dtype
         from .lm.models import load_model
 
-        probes = fingerprint.LocalProbes(*load_model(args.model, dtype=args.dtype))
+        probes = fingerprint.LocalProbes(*load_model(args.model,
+                                                     dtype=weights_dtype(args.precision)))
     try:
         if old is None:
             write_json(args.output, fingerprint.record(probes, args.model))

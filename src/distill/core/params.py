@@ -45,6 +45,11 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRUNE_RECIPES = ("alternate", "depth", "block", "width", "auto")  # distill.lm.pruning
 
 
+# a stage's own number format, spelled as run.precision (fp32, bf16, fp16), or null
+_format_override = (lambda v: v in (None, *PRECISIONS[1:]),
+                    "must be null (follow run.precision), fp32, bf16 or fp16")
+
+
 def _objective_check():
     return (lambda v: v in objective_names(),
             lambda: "must be one of " + ", ".join(objective_names()))
@@ -89,9 +94,7 @@ class TeacherSamplingParams:
     batch_size: int = _p(16, "prompts generated together (local backend)", positive)
     shard_size: int = _p(128, "prompts per Parquet shard: the unit of resume", positive)
     dtype: str | None = _p(None, "teacher weights (local backend): null follows run.precision; "
-                           "float32, bfloat16 or float16 to override it",
-                           (lambda v: v in (None, "float32", "bfloat16", "float16"),
-                            "must be null, float32, bfloat16 or float16"))
+                           "fp32, bf16 or fp16 to override it", _format_override)
     backend: str = _p("local", "local (run.teacher in this process) or openai (an "
                       "OpenAI-compatible API at base_url)",
                       (lambda v: v in ("local", "openai"), "must be local or openai"))
@@ -197,9 +200,7 @@ class StudentTrainingParams:
     weight_decay: float = _p(0.0, "AdamW weight decay", non_negative)
     max_grad_norm: float = _p(1.0, "gradient clipping norm", positive)
     mixed_precision: str | None = _p(None, "autocast of training: null follows run.precision; "
-                                     "no, bf16 or fp16 to override it",
-                                     (lambda v: v in (None, "no", "bf16", "fp16"),
-                                      "must be null, no, bf16 or fp16"))
+                                     "fp32, bf16 or fp16 to override it", _format_override)
     checkpoint_every: int = _p(50, "optimizer steps between checkpoints", positive)
     source_weights: dict = _p({"chat": 1.0, "generic": 1.0, "documents": 1.0},
                               "times each source's samples are seen per epoch (0 leaves a "

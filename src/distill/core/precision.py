@@ -96,13 +96,25 @@ def for_run(run_dir: str | Path, requested: str) -> tuple[str, dict]:
     return choice, why
 
 
+# The one spelling of a number format, from params to the CLI to the manifest, and what
+# it is called by the libraries that take it (torch's dtypes, accelerate's autocast).
+FORMATS = ("fp32", "bf16", "fp16")
+_TORCH_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+_ACCELERATE = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
+
 def weights_dtype(choice: str, override: str | None = None) -> str:
-    """The dtype name for inference weights (generation, scoring): a stage's own
+    """torch's dtype name for inference weights (generation, scoring): a stage's own
     setting (teacher_sampling.dtype) if given, else the run's choice."""
-    return override or {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[choice]
+    return _TORCH_DTYPES[override or choice]
 
 
 def autocast_mode(choice: str, override: str | None = None) -> str:
-    """accelerate's mixed_precision for training: student_training.mixed_precision if
-    given, else the run's choice (master weights stay float32 either way)."""
-    return override or {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[choice]
+    """The precision training autocasts to: student_training.mixed_precision if given,
+    else the run's choice (master weights stay float32 either way)."""
+    return override or choice
+
+
+def accelerate_mixed_precision(choice: str | None) -> str:
+    """accelerate's spelling of a training precision (None: fp32)."""
+    return _ACCELERATE[choice or "fp32"]

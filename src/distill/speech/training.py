@@ -40,7 +40,7 @@ def loop_config(config: SpeechTrainingParams, mixed_precision: str) -> StudentTr
 
 
 def train_student(student, rows: pd.DataFrame, run_dir, config: SpeechTrainingParams, *,
-                  seed: int = 0, mixed_precision: str = "no", on_step=None) -> pd.DataFrame:
+                  seed: int = 0, mixed_precision: str = "fp32", on_step=None) -> pd.DataFrame:
     """Train `student` (in place) on the labelled training `rows`; resumes from the
     newest checkpoint in `run_dir`. Returns the log, one row per optimizer step."""
     from transformers.modeling_outputs import BaseModelOutput

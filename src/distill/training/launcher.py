@@ -26,6 +26,7 @@ from collections import deque
 from pathlib import Path
 
 from ..core.params import StudentTrainingParams
+from ..core.precision import FORMATS, autocast_mode
 from ..core.runs import SAMPLES, STUDENT, STUDENT_INIT, TRAIN_LOG, TRAINING_JOB, write_json
 
 # prefixes of the lines a child prints for the parent: progress for its bar, and the
@@ -69,17 +70,18 @@ def transfer_set(run_dir: Path, config: StudentTrainingParams, seed: int, tokeni
     return examples, slices
 
 
-def write_job(run_dir: Path, config: StudentTrainingParams, seed: int, teacher: str,
-              student_tokens: bool = False) -> Path:
-    """The job the child processes run. `config.mixed_precision` must already hold the
-    run's choice, so no child probes the CPU again. `student_tokens`: the samples are
-    re-read in the student's tokens (see `transfer_set`)."""
-    if config.mixed_precision is None:
-        raise ValueError("resolve student_training.mixed_precision (precision.autocast_mode) "
-                         "before writing the training job")
+def write_job(run_dir: Path, config: StudentTrainingParams, seed: int, teacher: str, *,
+              precision: str, student_tokens: bool = False) -> Path:
+    """The job the child processes run. `precision` is the run's recorded choice
+    (fp32, bf16 or fp16), so no child probes the CPU again. `student_tokens`: the
+    samples are re-read in the student's tokens (see `transfer_set`)."""
+    if precision not in FORMATS:
+        raise ValueError(f"precision: expected one of {', '.join(FORMATS)} (the run's "
+                         f"recorded choice, distill.core.precision.for_run), got {precision!r}")
     path = Path(run_dir) / TRAINING_JOB
     write_json(path, {"student_training": dataclasses.asdict(config), "seed": seed,
-                      "teacher": teacher, "student_tokens": student_tokens})
+                      "teacher": teacher, "student_tokens": student_tokens,
+                      "precision": precision})
     return path
 
 
@@ -106,7 +108,7 @@ def launch_command(run_dir: Path, config: StudentTrainingParams, port: int | Non
 
 
 def launch(run_dir: Path, config: StudentTrainingParams, *, seed: int, teacher: str,
-           port: int | None = None, student_tokens: bool = False):
+           precision: str, port: int | None = None, student_tokens: bool = False):
     """Train under `accelerate launch` with `config.processes` processes and return the
     log (a DataFrame). Progress shows as one bar; the children's other lines pass
     through. On failure raises TrainingFailed with their last lines; the checkpoints
@@ -114,7 +116,8 @@ def launch(run_dir: Path, config: StudentTrainingParams, *, seed: int, teacher: 
     import pandas as pd
     from tqdm.auto import tqdm
 
-    write_job(run_dir, config, seed, teacher, student_tokens)
+    write_job(run_dir, config, seed, teacher, precision=precision,
+              student_tokens=student_tokens)
     command = launch_command(run_dir, config, port)
     environment = dict(os.environ)
     # the mixed precision comes from the job (the run's choice), not from the launcher
@@ -188,7 +191,8 @@ def _run_job(run_dir: Path) -> None:
     rank = int(os.environ.get("RANK", 0))
     if rank == 0:
         print(f"{os.environ.get('WORLD_SIZE', 1)} processes, {torch.get_num_threads()} threads "
-              f"each; training autocast {config.mixed_precision} (the run's recorded choice)",
+              f"each; training autocast "
+              f"{autocast_mode(job['precision'], config.mixed_precision)}",
               flush=True)
     # on the CPU: `prepare` moves each process's copy to its own device (GPU i)
     student, tokenizer = load_model(str(run_dir / STUDENT_INIT), device="cpu")
@@ -201,4 +205,5 @@ def _run_job(run_dir: Path) -> None:
                                      "loss": row["loss"]}), flush=True)
 
     train(student, examples, run_dir, config, seed=job["seed"], teacher=teacher,
-          tokenizer=tokenizer, validation=validation, on_step=report, save_to=run_dir / STUDENT)
+          tokenizer=tokenizer, validation=validation, on_step=report, save_to=run_dir / STUDENT,
+          precision=job["precision"])

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..core.measure import peak_memory_mb
 from ..core.params import StudentTrainingParams
+from ..core.precision import accelerate_mixed_precision, autocast_mode
 from ..core.runs import CHECKPOINTS, TRAIN_LOG, atomic_file
 from ..lm.losses import IGNORE_INDEX, HiddenStateLoss
 from ..lm.models import default_layer_map, save_model
@@ -59,9 +60,11 @@ class Session:
 
 
 def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
-            teacher=None) -> Session:
+            teacher=None, precision: str | None = None) -> Session:
     """Optimizer, schedule and hidden-state projections, all handed to `accelerate`
-    (device placement, mixed precision, sharding under `accelerate launch`)."""
+    (device placement, mixed precision, sharding under `accelerate launch`). Training
+    autocasts to `config.mixed_precision` where set, else to `precision` (the run's
+    choice), else not at all (fp32)."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import DataLoaderConfiguration
@@ -72,10 +75,10 @@ def prepare(student, n_examples: int, config: StudentTrainingParams, seed: int,
     # Accelerate's state is a process-wide singleton; reset it so a second call
     # (a benchmark, a test, a re-run cell) may choose another mixed precision.
     AcceleratorState._reset_state(reset_partial_state=True)
-    # mixed_precision None (follow run.precision) is resolved by the caller; alone, fp32
     # split_batches: each process takes a share of one global micro-batch (train_step),
     # so the schedule advances once per optimizer step, not once per process
-    accelerator = Accelerator(mixed_precision=config.mixed_precision or "no",
+    accelerator = Accelerator(mixed_precision=accelerate_mixed_precision(
+                                  autocast_mode(precision or "fp32", config.mixed_precision)),
                               cpu=not torch.cuda.is_available(),
                               dataloader_config=DataLoaderConfiguration(split_batches=True))
     torch.manual_seed(seed)
@@ -198,7 +201,7 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
           seed: int = 0, teacher=None, tokenizer=None,
           validation: dict[str, list[Example]] | None = None,
           on_step: Callable[[dict, int], None] | None = None,
-          save_to: Path | None = None) -> pd.DataFrame:
+          save_to: Path | None = None, precision: str | None = None) -> pd.DataFrame:
     """Distil into `student` (in place) from `examples`, as `config` (the
     student_training params) says. The teacher signal is the cached top-k
     (kd_source='topk') or `teacher`'s full logits ('online'); with hidden_weight > 0
@@ -218,7 +221,7 @@ def train(student, examples: list[Example], run_dir: Path, config: StudentTraini
     if epoch_size == 0:
         raise ValueError("student_training.source_weights leave no training sample: the "
                          f"sources here are {sorted({e.source for e in examples})}")
-    session = prepare(student, epoch_size, config, seed, teacher)
+    session = prepare(student, epoch_size, config, seed, teacher, precision)
     start_step, log = resume(session, run_dir)
     pad_id = (tokenizer.pad_token_id if tokenizer is not None else None) or 0
     session.student.train()
