@@ -1,5 +1,6 @@
 """End to end across tokenizers: `distill run params/cross/smoke.yaml` distils the
-embedded Gemma 3 270M (vocabulary 262,144) into SmolLM2-135M-Instruct (49,152)."""
+embedded Gemma 3 270M (vocabulary 262,144) into SmolLM2-135M-Instruct (49,152).
+Minutes, not seconds: marked e2e (`make test-unit` skips it)."""
 
 import json
 import shutil
@@ -11,6 +12,7 @@ import pytest
 from distill.pipeline import run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
