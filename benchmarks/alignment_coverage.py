@@ -42,7 +42,7 @@ def served(count: int, teacher: str, student: str) -> None:
     from distill.lm.data import load_prompts, split_prompts
     from distill.lm.models import load_tokenizer, resolve_model_path
     from distill.lm.samples import read_samples
-    from distill.teachers.openai_api import sample_endpoint
+    from distill.teachers import open_teacher
     from distill.testing import launch
 
     process, url = launch(teacher)
@@ -54,9 +54,8 @@ def served(count: int, teacher: str, student: str) -> None:
         train, _ = split_prompts(load_prompts(), 0, seed=0, train_size=count)
         with tempfile.TemporaryDirectory() as run_dir:
             started = time.perf_counter()
-            sample_endpoint(params.teacher_sampling, teacher,
-                            load_tokenizer(resolve_model_path(teacher)), train, [],
-                            Path(run_dir), seed=0)
+            open_teacher(params.teacher_sampling, teacher).sample(train, [], Path(run_dir),
+                                                                  seed=0)
             seconds = time.perf_counter() - started
             frame = read_samples(Path(run_dir))
     finally:

@@ -155,7 +155,8 @@ def test_params_refuse_a_watermark_they_cannot_apply(tmp_path, monkeypatch):
     path = tmp_path / "p.yaml"
     path.write_text("teacher_sampling: {watermark: true, backend: openai, "
                     "base_url: 'http://127.0.0.1:1/v1'}\n")
-    with pytest.raises(ParamsError, match="only a local teacher"):
+    with pytest.raises(ParamsError, match="watermark: sampling under a watermark needs a teacher "
+                       "that runs in this process"):
         load_params(path)
     path.write_text("teacher_sampling: {watermark: true, watermark_gamma: 1.5}\n")
     with pytest.raises(ParamsError, match="watermark_gamma"):

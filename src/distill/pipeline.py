@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from .core.params import STAGES, Params, ParamsError, load_params
+from .core.params_fields import teacher_backend_named
 from .core.runs import MANIFEST, PARAMS, artifact_hashes, atomic_file, new_run_dir, update_manifest
 
 NOTEBOOKS = {
@@ -58,21 +59,19 @@ def parse_stage(text: str) -> str:
                      + ", ".join(Path(NOTEBOOKS[s]).stem for s in STAGES))
 
 
-def check_teacher(params: Params) -> None:
-    """An API teacher is checked before anything is written: the key's variable is
-    set, the endpoint answers, accepts the key and serves the model."""
+def check_teacher(params: Params, source: str | Path) -> None:
+    """The teacher's backend checks what the params point at before anything is written
+    (an API teacher: the key's variable is set, the endpoint answers, accepts the key and
+    serves the model)."""
     sampling = params.teacher_sampling
-    if sampling.backend == "openai":
-        from .teachers.api_client import check_endpoint, endpoint_from_params
-
-        check_endpoint(endpoint_from_params(sampling, params.run.teacher))
+    teacher_backend_named(sampling.backend).check(sampling, params.run.teacher, str(source))
 
 
 def preflight(params: Params, source: str | Path, will_sample: bool = True) -> None:
     """Cheap checks of what the stages will read, before any run folder exists:
     the files and model names the params point to (existence only: nothing is
     loaded or converted; the prompt file only when the run will sample) and, when
-    the run will sample, an API teacher's endpoint.
+    the run will sample, the teacher's backend (`check_teacher`: an API teacher's endpoint).
     Raises ParamsError naming `source` (the params file), the key and the value,
     and saying what to do; ApiTeacherError from the endpoint check."""
     from .lm.data import PROMPT_SUFFIXES, PromptError, check_corpus_source, check_prompt_source
@@ -121,7 +120,7 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
         except ValueError as error:
             raise ParamsError(f"{source}: teacher_sampling.watermark: {error}") from None
     if will_sample:
-        check_teacher(params)
+        check_teacher(params, source)
 
 
 def prepare_run(source: str | Path, overrides: list[str] = (),

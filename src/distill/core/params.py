@@ -37,6 +37,7 @@ from .params_fields import (
     optional_positive,
     positive,
     probability,
+    teacher_backend_names,
 )
 
 STAGES = ("teacher_sampling", "student_training", "evaluation")
@@ -53,6 +54,11 @@ _format_override = (lambda v: v in (None, *PRECISIONS[1:]),
 def _objective_check():
     return (lambda v: v in objective_names(),
             lambda: "must be one of " + ", ".join(objective_names()))
+
+
+def _backend_check():  # the backends registered when the check runs (distill.teachers)
+    return (lambda v: v in teacher_backend_names(),
+            lambda: "must be one of " + ", ".join(teacher_backend_names()))
 
 
 _env_name = (lambda v: re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
@@ -95,9 +101,9 @@ class TeacherSamplingParams:
     shard_size: int = _p(128, "prompts per Parquet shard: the unit of resume", positive)
     dtype: str | None = _p(None, "teacher weights (local backend): null follows run.precision; "
                            "fp32, bf16 or fp16 to override it", _format_override)
-    backend: str = _p("local", "local (run.teacher in this process) or openai (an "
-                      "OpenAI-compatible API at base_url)",
-                      (lambda v: v in ("local", "openai"), "must be local or openai"))
+    backend: str = _p("local", "where the teacher runs: local (run.teacher in this process), "
+                      "openai (an OpenAI-compatible API at base_url), or another backend "
+                      "registered in distill.teachers", _backend_check())
     base_url: str | None = _p(None, "API endpoint, e.g. http://127.0.0.1:8000/v1 "
                               "(openai backend)")
     model: str | None = _p(None, "model name at the endpoint; null uses run.teacher "
@@ -130,7 +136,8 @@ class TeacherSamplingParams:
     document_block_size: int = _p(256, "tokens per document window", positive)
     validation_prose: str | None = _p("builtin", "text whose teacher top-k 02 validates on "
                                       "(never trained on, never reported by 03): builtin, a "
-                                      ".txt file, or null for none (local backend)")
+                                      ".txt file, or null for none; a backend that reads no "
+                                      "given text (openai) leaves builtin out")
     watermark: bool = _p(False, "sample the teacher under a green-list watermark (local "
                          "backend; distill.lm.watermark), so students of it can be traced")
     watermark_key_env: str = _p("DISTILL_WATERMARK_KEY", "environment variable holding the "

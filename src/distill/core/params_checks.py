@@ -1,13 +1,18 @@
 """Checks of a params file that need more than one key, or facts of the models named
-(the embedded teacher's vocabulary and depth, the student's tokenizer). Run by
-`distill.core.params.load_params` after each key has passed its own check."""
+(the embedded teacher's vocabulary and depth, the student's tokenizer), or what the
+teacher backend can do. Run by `distill.core.params.load_params` after each key has
+passed its own check."""
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from .embedded import EMBEDDED
-from .params_fields import MAX_TOP_LOGPROBS, SOURCES, ParamsError, objective_names
+from .params_fields import (
+    SOURCES,
+    ParamsError,
+    objective_names,
+    teacher_backend_named,
+    teacher_backend_names,
+)
 
 
 def check_across_sections(params, source: str) -> None:
@@ -15,23 +20,11 @@ def check_across_sections(params, source: str) -> None:
     embedded = EMBEDDED.get(params.run.teacher)
     sampling = params.teacher_sampling
     k = sampling.top_k_logprobs
-    if sampling.backend == "openai":
-        if not sampling.base_url:
-            raise ParamsError(f"{source}: teacher_sampling.base_url: the openai backend needs "
-                              "the endpoint, e.g. http://127.0.0.1:8000/v1")
-        if k > MAX_TOP_LOGPROBS:
-            raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: an OpenAI-compatible "
-                              f"API returns at most {MAX_TOP_LOGPROBS} log-probs per token, "
-                              f"got {k}")
-        address = urlsplit(sampling.base_url)
-        if address.username or address.password or "key" in address.query.lower():
-            raise ParamsError(f"{source}: teacher_sampling.base_url carries credentials; put "
-                              "the key in the environment variable named by api_key_env "
-                              "instead (params files are saved with every run)")
+    training = params.student_training
+    check_teacher_backend(sampling, source, training)
     if embedded and k > embedded.vocab_size:
         raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "
                           f"the teacher's vocabulary ({embedded.vocab_size})")
-    training = params.student_training
     if training.ce_weight == 0 and training.kd_weight == 0:
         raise ParamsError(f"{source}: student_training: ce_weight and kd_weight are both 0; "
                           "set at least one above 0")
@@ -57,12 +50,6 @@ def check_across_sections(params, source: str) -> None:
     if (sampling.generic_samples or sampling.documents) and k == 0:
         raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents record "
                           "the teacher's top-k; set top_k_logprobs above 0")
-    if sampling.backend == "openai" and (sampling.generic_samples or sampling.documents):
-        raise ParamsError(f"{source}: teacher_sampling: generic_samples and documents need the "
-                          "local backend (an API scores no given text); set them to 0 / null")
-    if sampling.watermark and sampling.backend == "openai":
-        raise ParamsError(f"{source}: teacher_sampling.watermark: only a local teacher can be "
-                          "sampled under a watermark (an endpoint samples for itself)")
     if sampling.watermark and training.needs_teacher:
         raise ParamsError(f"{source}: teacher_sampling.watermark marks the recorded samples, "
                           "but kd_source online, hidden_weight or lmbda read the teacher's "
@@ -82,6 +69,52 @@ def check_across_sections(params, source: str) -> None:
             raise ParamsError(f"{source}: student_training.student_layers: the teacher has "
                               f"{embedded.num_layers} layers (0..{embedded.num_layers - 1}), "
                               f"got {max(layers)}")
+
+
+# what each capability of a teacher backend means, for the messages below
+CAN = {"scores_text": "reads given text and returns its top-k",
+       "logprobs": "returns top-k log-probs", "tokenizer": "runs in this process with the "
+       "run's tokenizer"}
+
+
+def _backends(capability: str) -> str:
+    """'the local backend', 'the local or openai backend': those that can."""
+    names = teacher_backend_names(capability)
+    return f"the {' or '.join(names)} backend" if names else "no backend registered yet"
+
+
+def check_teacher_backend(sampling, source: str, training=None) -> None:
+    """The one place where what the teacher backend can do (its TeacherCapabilities)
+    decides which keys it refuses, after the backend's checks of its own keys. `training`:
+    the student_training section, where known (notebook 01 knows its own section only)."""
+    backend = teacher_backend_named(sampling.backend)
+    backend.check_params(sampling, source)
+    can, k = backend.capabilities, sampling.top_k_logprobs
+    if can.max_top_logprobs is not None and k > can.max_top_logprobs:
+        raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: the {sampling.backend} "
+                          f"backend returns at most {can.max_top_logprobs} log-probs per "
+                          f"token, got {k}")
+    # (capability, asked for, key, what needs it, what to do instead). The builtin
+    # validation prose is no request: a teacher that reads no text leaves it out (01 says so).
+    needs = [
+        ("scores_text", bool(sampling.generic_samples or sampling.documents), "teacher_sampling",
+         "sampling generic_samples or documents", "set them to 0 / null"),
+        ("scores_text", sampling.validation_prose not in (None, "builtin"),
+         "teacher_sampling.validation_prose", "reading prose to validate on",
+         "set null (stage 02 then validates on its validation slice only)"),
+        ("logprobs", k > 0, "teacher_sampling.top_k_logprobs", "recording the top-k",
+         "set 0 (text only: sequence-level KD, kd_weight 0 and ce_weight 1)"),
+        ("tokenizer", sampling.watermark, "teacher_sampling.watermark",
+         "sampling under a watermark", "set watermark false"),
+        ("tokenizer", training is not None and training.needs_teacher, "student_training",
+         "training with the teacher in stage 02 (kd_source online, hidden_weight or lmbda)",
+         "use kd_source topk, hidden_weight 0 and lmbda 0"),
+    ]
+    for capability, asked, key, need, instead in needs:
+        if asked and not getattr(can, capability):
+            raise ParamsError(f"{source}: {key}: {need} needs a teacher that "
+                              f"{CAN[capability]} ({_backends(capability)}); the "
+                              f"{sampling.backend} backend does not: {instead}")
 
 
 def _check_tokenizers(training, teacher, source: str) -> None:

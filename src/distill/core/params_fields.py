@@ -1,11 +1,11 @@
 """How a parameter is declared (`_p`), the checks many parameters share, and the
-registries that higher layers fill: the kd_loss objectives (`register_objectives`).
-Used by distill.core.params, distill.core.params_checks and the feature folders'
-own sections (distill.speech.params)."""
+registries that higher layers fill: the kd_loss objectives (`register_objectives`) and
+the teacher backends (`register_teacher_backend`). Used by distill.core.params,
+distill.core.params_checks and the feature folders' own sections (distill.speech.params)."""
 
 from __future__ import annotations
 
-from dataclasses import field
+from dataclasses import dataclass, field
 from typing import Any
 
 # where training samples come from (student_training.source_weights)
@@ -58,3 +58,46 @@ def objective_named(name: str):
         raise KeyError(f"kd_loss {name!r}: not an objective; known: "
                        + ", ".join(objective_names()))
     return OBJECTIVES[name][0]
+
+
+@dataclass(frozen=True)
+class TeacherCapabilities:
+    """What a teacher backend can do. The params it accepts follow from this, in one table
+    (distill.core.params_checks), so a new backend brings its own refusals with it."""
+
+    scores_text: bool  # reads given text, returns its top-k: documents, generic, validation prose
+    logprobs: bool  # returns the top-k log-probs of the tokens it writes
+    tokenizer: bool  # runs here with the run's tokenizer: a watermark, 02's online KD
+    max_top_logprobs: int | None = None  # most log-probs per token it returns; None: no limit
+
+
+# teacher_sampling.backend values by name -> backend (a distill.teachers.TeacherBackend
+# class: core reads its `capabilities` and calls its `check_params`). Filled by the
+# modules that define them when they are imported (distill.teachers imports them all,
+# and `import distill` imports distill.teachers).
+TEACHER_BACKENDS: dict[str, Any] = {}
+
+
+def register_teacher_backend(name: str, backend) -> None:
+    """Make `name` a valid teacher_sampling.backend, sampled by `backend`."""
+    if not isinstance(getattr(backend, "capabilities", None), TeacherCapabilities):
+        raise TypeError(f"teacher backend {name!r}: give it `capabilities`, a "
+                        "TeacherCapabilities")
+    if TEACHER_BACKENDS.get(name, backend) is not backend:
+        raise ValueError(f"teacher backend {name!r} is registered twice")
+    TEACHER_BACKENDS[name] = backend
+
+
+def teacher_backend_names(capability: str | None = None) -> list[str]:
+    """teacher_sampling.backend values: all, or those with `capability` (a field of
+    TeacherCapabilities)."""
+    return [name for name, backend in TEACHER_BACKENDS.items()
+            if capability is None or getattr(backend.capabilities, capability)]
+
+
+def teacher_backend_named(name: str):
+    """The backend that teacher_sampling.backend names, whichever module registered it."""
+    if name not in TEACHER_BACKENDS:
+        raise KeyError(f"teacher_sampling.backend {name!r}: not a backend; known: "
+                       + ", ".join(teacher_backend_names()))
+    return TEACHER_BACKENDS[name]

@@ -1,10 +1,13 @@
-"""The local teacher backend of stage 01: a model in this process answers the prompts.
+"""The `local` teacher backend of stage 01: a model in this process answers the prompts.
 
 For every generated token we keep the teacher's k most likely next tokens and
 their log-probabilities under the *raw* logits (log_softmax before temperature
 or top-p), so the student can later be distilled token by token without the
 teacher in memory. The shard loop, the schema and resume live in
-`distill.lm.samples`; the teacher behind an API is `distill.teachers.openai_api`.
+`distill.lm.samples`; the teacher behind an API is `distill.teachers.openai_backend`.
+`LocalTeacher`, at the end, is the backend (distill.teachers.backend.TeacherBackend); the
+functions before it are what it calls, and what the study notebooks call on models they
+hold themselves.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from pathlib import Path
 
 import torch
 
+from ..core.params_fields import TeacherCapabilities, register_teacher_backend
 from ..lm.data import encode_chat, encode_start, text_windows
 from ..lm.generation import generate_all, score_documents
+from ..lm.models import count_parameters, load_model
 from ..lm.samples import make_row, sample_shards
 from ..lm.token_bytes import TokenBytes
+from .backend import TeacherBackend, generation_settings
 
 
 def _row(prompt: dict, split: str, prompt_ids: list[int], out: dict,
@@ -129,3 +135,40 @@ def sample_documents(model, tokenizer, texts: dict[str, str], run_dir: Path, blo
              "shard_size": shard_size, "texts": sorted(texts), **_marked(watermark)}
     return sample_shards(run_dir, prompts, [], shard_size, stamp, sample_shard,
                          source=source)
+
+
+class LocalTeacher(TeacherBackend):
+    """run.teacher loaded in this process. Holding the model, it can read any text and
+    sample with the run's tokenizer under a watermark; and stage 02 can load the same model
+    for online KD, hidden states and on-policy batches."""
+
+    capabilities = TeacherCapabilities(scores_text=True, logprobs=True, tokenizer=True)
+
+    def __init__(self, sampling, teacher: str, dtype: str = "float32"):
+        super().__init__(sampling, teacher, dtype)
+        self.model, self.tokenizer = load_model(teacher, dtype=dtype)
+
+    def describe(self) -> str:
+        return (f"{self.teacher}: {count_parameters(self.model) / 1e6:.1f} M parameters, "
+                f"vocabulary {self.model.config.vocab_size}, weights in {self.model.dtype}")
+
+    def sample(self, train, heldout, run_dir, seed, watermark=None) -> dict:
+        s = self.sampling
+        return sample_teacher(self.model, self.tokenizer, train, heldout, run_dir, seed=seed,
+                              shard_size=s.shard_size, batch_size=s.batch_size,
+                              watermark=watermark, **generation_settings(s))
+
+    def sample_generic(self, seeds, run_dir, seed, watermark=None) -> dict:
+        s = self.sampling
+        return sample_generic(self.model, self.tokenizer, seeds, s.generic_samples, run_dir,
+                              seed, s.shard_size, s.batch_size, s.generic_max_new_tokens,
+                              s.top_k_logprobs, watermark)
+
+    def sample_documents(self, texts, run_dir, source="documents", watermark=None) -> dict:
+        s = self.sampling
+        return sample_documents(self.model, self.tokenizer, texts, run_dir,
+                                s.document_block_size, s.top_k_logprobs, s.shard_size,
+                                s.batch_size, source=source, watermark=watermark)
+
+
+register_teacher_backend("local", LocalTeacher)

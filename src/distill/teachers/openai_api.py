@@ -1,4 +1,5 @@
-"""The `openai` teacher backend of stage 01: a teacher behind an OpenAI-compatible API.
+"""The answers of a teacher behind an OpenAI-compatible API, as samples (the `openai`
+backend of stage 01 is `distill.teachers.openai_backend`, which calls `sample_api`).
 
 Any endpoint that speaks the chat-completions protocol works: a vendor's API, a
 vLLM or TGI server, or `distill serve`. For each prompt one chat completion is
@@ -15,8 +16,7 @@ API's limit); the answer becomes a sample in the schema of `distill.lm.samples`:
 
 Requests run `concurrency` at a time through `distill.teachers.api_client` (retries,
 cache, request log); a prompt that still fails is left out of its shard and a
-re-run asks again for just those. `sample_endpoint` is the whole stage for a
-notebook: check, sample, and the health report.
+re-run asks again for just those.
 """
 
 from __future__ import annotations
@@ -26,21 +26,18 @@ import concurrent.futures
 import hashlib
 from pathlib import Path
 
-from ..core.runs import API_HEALTH, API_REQUESTS, TEACHER_FINGERPRINT, write_json
+from ..core.runs import TEACHER_FINGERPRINT, write_json
 from ..lm.data import encode_chat
 from ..lm.generation import stop_token_ids
-from ..lm.models import cache_root
 from ..lm.samples import make_row, sample_shards
 from ..lm.token_bytes import TOKEN_ID_PREFIX, TokenBytes
-from . import fingerprint, health
+from . import fingerprint
 from .api_client import (
     ApiTeacher,
     ApiTeacherError,
     Endpoint,
     RequestCache,
     RequestLog,
-    check_endpoint,
-    endpoint_from_params,
 )
 
 
@@ -223,38 +220,6 @@ def sample_api(endpoint: Endpoint, tokenizer, train: list[dict], heldout: list[d
     # the fewest requests in flight the client fell back to: below concurrency, the
     # endpoint was overloaded at some point
     return {**stats, **counts, "lowest_concurrency": teacher.in_flight.lowest}, log
-
-
-def sample_endpoint(sampling, teacher: str, tokenizer, train: list[dict], heldout: list[dict],
-                    run_dir: Path, seed: int) -> tuple[dict, dict | None]:
-    """Stage 01 with an API teacher, in one call, from the teacher_sampling params
-    (`sampling`; `teacher` is run.teacher, the model name by default): check the
-    endpoint (key, address, model), sample (`sample_api`), and write the health report
-    of the requests made (`api_requests.csv`, `api_health.json`,
-    `figures/api_health.png`). Returns (stats, health summary); the summary is None
-    when no request was made (every shard already sampled)."""
-    endpoint = endpoint_from_params(sampling, teacher)
-    served = check_endpoint(endpoint)
-    print(f"API teacher {endpoint.model!r} at {endpoint.base_url} "
-          f"(serves: {', '.join(served) or 'unlisted'})")
-    if sampling.fingerprint:
-        print(fingerprint_endpoint(endpoint, run_dir))
-    cache_dir = cache_root() / "api-requests" if sampling.request_cache else None
-    settings = {key: getattr(sampling, key) for key in
-                ("max_new_tokens", "do_sample", "temperature", "top_p", "top_k_logprobs")}
-    stats, log = sample_api(endpoint, tokenizer, train, heldout, run_dir, seed,
-                            sampling.shard_size, cache_dir, **settings)
-    if not log.records:
-        return stats, None
-    requests = health.requests_frame(log.records)
-    report = health.summarize(requests, prompts=len(train) + len(heldout),
-                              failed_prompts=len(stats["failed_prompts"]),
-                              price_input_per_million=endpoint.price_input_per_million,
-                              price_output_per_million=endpoint.price_output_per_million)
-    requests.to_csv(Path(run_dir) / API_REQUESTS, index=False)
-    write_json(Path(run_dir) / API_HEALTH, report)
-    health.plot(requests, health.over_time(requests), run_dir)
-    return stats, report
 
 
 def fingerprint_endpoint(endpoint: Endpoint, run_dir: Path) -> str:
