@@ -1,10 +1,12 @@
 """How a parameter is declared (`_p`), the checks many parameters share, and the
-registries that higher layers fill: the kd_loss objectives (`register_objectives`).
-Used by distill.core.params, distill.core.params_checks and the feature folders'
-own sections (distill.speech.params)."""
+registries that higher layers fill: the kd_loss objectives (`register_objectives`) and
+the sections read on their own, the studies' (`register_section`). Used by
+distill.core.params, distill.core.params_checks and the higher folders' own sections
+(distill.speech.params, distill.studies.params)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import field
 from typing import Any
 
@@ -58,3 +60,24 @@ def objective_named(name: str):
         raise KeyError(f"kd_loss {name!r}: not an objective; known: "
                        + ", ".join(objective_names()))
     return OBJECTIVES[name][0]
+
+
+def section_name(cls: type) -> str:
+    """SpeechLabellingParams -> speech_labelling."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Params")).lower()
+
+
+# Sections read on their own, not from a params file: a study file's keys (its `study:`
+# names the section) and `distill provenance`'s arguments. Name -> (dataclass, check
+# across its keys or None). Filled by distill.studies.params when it is imported;
+# distill.core.params.load_section reads them.
+STUDY_SECTIONS: dict[str, tuple[type, Any]] = {}
+
+
+def register_section(cls: type, check=None) -> None:
+    """Make `cls` a section read on its own (`load_section`), listed by `distill params`.
+    `check(section, where)` raises ParamsError for what no single key can say."""
+    name = section_name(cls)
+    if STUDY_SECTIONS.get(name, (cls,))[0] is not cls:
+        raise ValueError(f"params section {name} is registered twice")
+    STUDY_SECTIONS[name] = (cls, check)
