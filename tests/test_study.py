@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from distill.lm.samples import Example
-from distill.studies import runner as study
+from distill.studies import provenance_study as study
 
 
 def _pool(tag: int, n: int) -> list[Example]:
