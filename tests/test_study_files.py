@@ -1,6 +1,6 @@
 """Study files and `distill provenance`'s arguments are checked against the studies' params
 sections (distill.studies.params) before any folder exists; a study folder goes on with its
-own parameters."""
+own parameters; and the steps the studies share (distill.studies.shared, trained_copy)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
+from conftest import make_tiny_model
 from distill import cli
 from distill.core.params import STUDY_SECTIONS, ParamsError, describe, section_params
+from distill.core.runs import CHECKPOINTS
+from distill.lm.samples import Example
 from distill.pipeline import STUDIES, run_provenance, run_study
-from distill.studies import runner
+from distill.studies import runner, shared
 from distill.studies.params import DriftParams
+from distill.training.finetune import trained_copy
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY_FILES = sorted((ROOT / "params" / "studies").glob("*.yaml"))
@@ -126,3 +131,23 @@ def test_a_notebook_run_by_hand_checks_its_section_too():
     with pytest.raises(ParamsError, match="notebook parameters: drift.drift_steps"):
         section_params("drift", {**values, "drift_steps": []})
 
+
+def test_split_prompts_is_seeded_and_disjoint():
+    train, test = shared.split_prompts("builtin", 10, 5, seed=3)
+    assert (len(train), len(test)) == (10, 5)
+    assert not {p["prompt_id"] for p in train} & {p["prompt_id"] for p in test}
+    again, _ = shared.split_prompts("builtin", 12, 0, seed=3)
+    assert [p["prompt_id"] for p in again[:10]] == [p["prompt_id"] for p in train]
+
+
+def test_trained_copy_trains_a_copy_and_keeps_no_checkpoint(tmp_path):
+    start = make_tiny_model(seed=0)
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    examples = [Example([1, 2, 3, 4, 5], [-100, 3, 4, 5], [[]] * 3, [[]] * 3) for _ in range(4)]
+    config = shared.training_config("fp32", ce_weight=1.0, kd_weight=0.0, max_steps=2,
+                                    epochs=10**6, batch_size=2, lr=1e-2)
+    copy, log = trained_copy(start, examples, tmp_path, config, dtype="bfloat16", seed=0)
+    assert len(log) == 2 and not (tmp_path / CHECKPOINTS).exists()
+    assert copy.dtype == torch.bfloat16 and not copy.training
+    assert all(torch.equal(v, start.state_dict()[k]) for k, v in before.items())  # left as it was
+    assert not torch.equal(copy.lm_head.weight.float(), start.lm_head.weight.float())
