@@ -13,23 +13,32 @@ trained by cross-entropy on the text of its arm, the same budget for each:
 `teacher` students are the positives, `other` and `reference` the nulls; dilutions show
 how little of T's data a test still finds. Each student is tested on prompts no
 student trained on, against T (candidate) and T' (control), with the initialisation as
-the likelihood test's reference.
+the likelihood test's reference. `ProvenanceStudy` holds the notebook's steps; the
+statistics over the students are distill.studies.detection's.
 """
 
 from __future__ import annotations
 
+import gc
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
+from ..core import runs
+from ..core.precision import autocast_mode
+from ..lm import cross_tokenizer, data, generation, models, samples
 from ..lm.samples import Example
-from . import provenance
-from .runner import SUMMARY  # noqa: F401 (notebook 06 writes it)
+from ..lm.watermark import from_env as watermark_from_env
+from ..teachers.local import sample_teacher
+from ..training.finetune import changed_teacher, trained_copy
+from . import detection, provenance
+from .detection import NULLS, POSITIVE
+from .runner import SUMMARY
+from .shared import number_format, shared_initialisation, split_prompts, training_config
 
-POSITIVE, NULLS = "teacher", ("other", "reference")
-TESTS = {"agreement": "output agreement", "likelihood": "likelihood (R: init)",
-         "likelihood_healed": "likelihood (R: init + reference text)", "watermark": "watermark"}
 STUDENTS = "study_students.csv"  # one row per student; the summary goes to SUMMARY
 
 
@@ -108,134 +117,167 @@ def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
     return draw("teacher", from_teacher) + draw("reference", size - from_teacher)
 
 
-def evidence(answers: list[str], logliks: dict[str, np.ndarray]) -> dict:
-    """What the tests need of one student S, per prompt, so that they can be run later
-    on any number of the prompts and at any `max_edit` (`p_values`): S's answers, and d
-    of the likelihood test with the initialisation as R. `logliks` are keyed
-    suspect_teacher, suspect_other, init_teacher, init_other (scorer, whose answers)."""
-    return {"answers": answers,
-            "d": ((logliks["suspect_teacher"] - logliks["init_teacher"])
-                  - (logliks["suspect_other"] - logliks["init_other"])).tolist()}
 
 
-def healed_shift(init: dict[str, np.ndarray], healed: dict[str, np.ndarray]) -> np.ndarray:
-    """What turns a student's d against the initialisation into d against a *healed*
-    reference R' (the initialisation trained on reference text, no teacher):
-    d' = (S_T - S_C) - (R'_T - R'_C) = d + (init_T - init_C) - (R'_T - R'_C).
+class ProvenanceStudy:
+    """Notebook 06's steps on one study folder, in the notebook's order (each resumes:
+    teacher shards, answers, the initialisation, each student's evidence)."""
 
-    Why: the initialisation is T pruned, and any training heals it back towards T, so
-    students of no teacher gain more on T's answers than the bare initialisation does
-    (the study measured it). R' has healed as much without T's answers."""
-    return ((init["init_teacher"] - init["init_other"])
-            - (healed["healed_teacher"] - healed["healed_other"]))
+    def __init__(self, config, run_dir: Path):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.mark = (watermark_from_env(config.watermark_key_env, config.watermark_gamma,
+                                        config.watermark_delta)
+                     if config.watermark_key_env else None)
+        check_resume(run_dir, {name: getattr(config, name) for name in STUDENT_PARAMETERS},
+                     self.mark)
+        if self.mark:
+            runs.update_manifest(run_dir, watermark=self.mark.describe())
+        self.precision, self.dtype = number_format(self.run_dir, config.precision)
+        self.train, self.test = split_prompts(config.prompts, config.train_prompts,
+                                              config.test_prompts, config.seed)
+        self.messages = [p["messages"] for p in self.test]
+        print(f"{len(self.train)} training prompts, {len(self.test)} test prompts; "
+              f"arms: {config.arms}")
 
+    def _answers(self, name: str, model, tokenizer) -> list[str]:
+        """Greedy answers to the test prompts, saved under answers/ (a re-run reuses them)."""
+        c = self.config
+        return provenance.saved_answers(
+            self.run_dir / "answers" / f"{name}.json", [p["prompt_id"] for p in self.test],
+            c.max_new_tokens, lambda: generation.chat_answers(
+                model, tokenizer, self.messages, c.max_new_tokens, c.batch_size, desc=name)[0])
 
-def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], tokenizer,
-             messages, watermark=None, max_edit: float = 0.0, permutations: int = 2000,
-             seed: int = 0, shift=None) -> dict:
-    """The p-values of one student on its first `prompts` prompts: output agreement
-    with T's answers against T''s (`teachers`: teacher / other; one-sided exact
-    McNemar, which Holm leaves as it is with one other model), the likelihood lift over
-    the initialisation and, given `shift` (`healed_shift`), over a healed reference
-    (sign flips), and the watermark (Binomial; NaN without one). Also the shares of
-    answers that agree with each teacher."""
-    answers = evidence["answers"][:prompts]
-    agrees = {role: [provenance.answers_agree(a, b, max_edit)
-                     for a, b in zip(answers, teachers[role])] for role in ("teacher", "other")}
-    agree = {role: sum(flags) for role, flags in agrees.items()}
-    found = {"agreement": provenance.prefers(agrees["teacher"], agrees["other"]),
-             "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
-                                                     permutations, seed)["p_value"],
-             "likelihood_healed": float("nan") if shift is None else provenance.sign_flip_test(
-                 (np.asarray(evidence["d"]) + shift)[:prompts], permutations, seed)["p_value"],
-             "watermark": float("nan"),
-             "agree_teacher": agree["teacher"] / prompts, "agree_other": agree["other"] / prompts}
-    if watermark is not None:
-        found["watermark"] = provenance.watermark_radioactivity(
-            tokenizer, messages[:prompts], answers, watermark)["p_value"]
-    return found
+    def teachers(self) -> dict[str, list[str]]:
+        """T and T' sample answers to the training prompts (T under the watermark) and
+        answer the test prompts greedily: {'teacher': y_T, 'other': y_C}. T is kept for
+        the initialisation; changed:N makes T' from T, as the drift study makes T_v2."""
+        c, answers = self.config, {}
+        for role, name, marker in (("teacher", c.teacher, self.mark),
+                                   ("other", c.other_teacher, None)):
+            if name.startswith("changed:"):
+                corpus = samples.prose_examples(self.tokenizer, data.load_corpus(), 10**9,
+                                                c.block_size)
+                model = changed_teacher(self._teacher, self.tokenizer, corpus,
+                                        int(name.removeprefix("changed:")),
+                                        self.run_dir / "other_teacher",
+                                        mixed_precision=autocast_mode(self.precision))
+                tokenizer = self.tokenizer
+            else:
+                model, tokenizer = models.load_model(name, dtype=self.dtype)
+            sample_teacher(model, tokenizer, self.train, [], self.run_dir / role, seed=c.seed,
+                           shard_size=64, batch_size=16, watermark=marker,
+                           max_new_tokens=c.max_new_tokens, do_sample=True,
+                           temperature=c.temperature, top_p=1.0, top_k_logprobs=0)
+            answers[role] = self._answers(role, model, tokenizer)
+            if role == "teacher":
+                self._teacher, self.tokenizer = model, tokenizer  # every student has T's tokenizer
+            del model
+        gc.collect()
+        self.teacher_answers = answers
+        return answers
 
+    def _logliks(self, model, name: str) -> dict[str, np.ndarray]:
+        """`model`'s per-token log-likelihood of each teacher's test answers, keyed
+        <name>_teacher and <name>_other."""
+        return {f"{name}_{role}": provenance.answer_logliks(
+                    model, self.tokenizer, self.messages, texts, self.config.batch_size,
+                    desc=f"{name} scores {role}")
+                for role, texts in self.teacher_answers.items()}
 
-def roc(scores_positive, scores_negative) -> tuple[np.ndarray, np.ndarray, float]:
-    """(false-positive rates, true-positive rates, AUC) of flagging where p <= threshold,
-    over every threshold; AUC as the chance a positive's p is below a negative's (ties
-    count half)."""
-    pos, neg = np.asarray(scores_positive), np.asarray(scores_negative)
-    thresholds = np.unique(np.concatenate([pos, neg, [0.0, 1.0]]))
-    fpr = np.array([0.0, *[(neg <= t).mean() for t in thresholds]])
-    tpr = np.array([0.0, *[(pos <= t).mean() for t in thresholds]])
-    auc = float(np.mean([(p < n) + 0.5 * (p == n) for p in pos for n in neg]))
-    return fpr, tpr, auc
+    def initialisation(self) -> None:
+        """The arms' pools (the teachers' samples in T's tokens, reference text), the
+        shared initialisation (T pruned, calibrated on reference text so that the nulls
+        start from it too), and its log-likelihoods of the teachers' answers."""
+        c = self.config
+        self.pools = {role: cross_tokenizer.cross_examples(
+            samples.read_samples(self.run_dir / role, split="train"), self.tokenizer, False)
+            for role in ("teacher", "other")}
+        files = data.document_files(c.reference_text) if c.reference_text else []
+        reference = (data.load_corpus() + "\n\n" + data.load_validation_prose()
+                     + "".join("\n\n" + Path(f).read_text() for f in files))
+        self.pools["reference"] = samples.prose_examples(self.tokenizer, reference, 10**9,
+                                                         c.block_size)
+        print({role: len(pool) for role, pool in self.pools.items()}, "examples in the pools")
+        self.init_dir = shared_initialisation(
+            self._teacher, self.tokenizer, self.run_dir / runs.STUDENT_INIT, c.prune_recipe,
+            c.student_size, [e.input_ids for e in self.pools["reference"][:32]])
+        del self._teacher
+        init = models.load_model(str(self.init_dir), dtype=self.dtype)[0]
+        self.init_logliks = self._logliks(init, "init")
+        print(f"the initialisation: {models.count_parameters(init) / 1e6:.1f} M parameters "
+              f"({c.prune_recipe}, {c.student_size})")
+        self.training = training_config(self.precision, ce_weight=1.0, kd_weight=0.0,
+                                        epochs=c.epochs, batch_size=c.batch_size, lr=c.lr)
 
+    def _trained(self, arm: str, rng: np.random.Generator, folder: Path, seed: int):
+        """A copy of the initialisation trained by cross-entropy on a draw of `arm`'s data."""
+        examples = arm_examples(arm, self.pools, self.config.examples_per_student, rng)
+        return trained_copy(self.init_dir, examples, folder, self.training, dtype=self.dtype,
+                            seed=seed, tokenizer=self.tokenizer)[0]
 
-def tpr_at_fpr(scores_positive, scores_negative, fpr: float = 0.05) -> float:
-    """The share of positives flagged at the largest threshold that flags at most `fpr`
-    of the negatives."""
-    neg = np.sort(np.asarray(scores_negative))
-    allowed = int(np.floor(fpr * len(neg)))  # negatives that may fall at or under it
-    threshold = neg[allowed] if allowed < len(neg) else np.inf
-    return float((np.asarray(scores_positive) < threshold).mean())
+    def jobs(self) -> list[tuple[str, int]]:
+        return [(arm, i) for arm, count in self.config.arms.items() for i in range(count)]
 
+    def students(self) -> None:
+        """Each student in turn: trained on its arm's draw, then its answers and its d on
+        the test prompts saved as its evidence.json (its weights are not kept)."""
+        c = self.config
+        for arm, i in tqdm(self.jobs(), desc="students"):
+            folder = self.run_dir / "students" / f"{arm}-{i:02d}"
+            if (folder / "evidence.json").exists():
+                continue
+            rng = np.random.default_rng([c.seed, i, sum(map(ord, arm))])
+            student = self._trained(arm, rng, folder, c.seed * 1000 + i)
+            texts, _ = generation.chat_answers(student, self.tokenizer, self.messages,
+                                               c.max_new_tokens, c.batch_size, desc=f"{arm}-{i}")
+            found = detection.evidence(texts, {**self._logliks(student, "suspect"),
+                                               **self.init_logliks})
+            runs.write_json(folder / "evidence.json", {"arm": arm, "index": i, **found})
+            del student
+            gc.collect()
 
-def summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Per test: AUC and TPR at 5% FPR (teacher vs other + reference students), and the
-    null arms' false-positive rate at alpha with its 95% Wilson interval."""
-    rows = []
-    for test in TESTS:
-        if test not in table or table[test].isna().all():  # not run
-            continue
-        pos = table.loc[table["arm"] == POSITIVE, test]
-        neg = table.loc[table["arm"].isin(NULLS), test]
-        _, _, auc = roc(pos, neg)
-        low, high = wilson((neg <= alpha).sum(), len(neg))
-        rows.append({"test": TESTS[test], "auc": auc, "tpr_at_5pct_fpr": tpr_at_fpr(pos, neg),
-                     "null_models": len(neg), "fpr_at_alpha": (neg <= alpha).mean(),
-                     "fpr_95ci": f"[{low:.2f}, {high:.2f}]",
-                     "power_at_alpha": (pos <= alpha).mean()})
-    return pd.DataFrame(rows)
+    def healed_reference(self) -> np.ndarray:
+        """The shift of every student's d from the initialisation to a healed reference
+        R' (the initialisation trained like a reference student, on a draw of its own)."""
+        c = self.config
+        path = self.run_dir / "healed_reference.json"
+        healed_logliks = runs.read_json(path)
+        if healed_logliks is None:
+            healed = self._trained("reference", np.random.default_rng([c.seed, 10**6]),
+                                   self.run_dir / "healed_reference", c.seed * 1000 + 999)
+            healed_logliks = {k: v.tolist() for k, v in self._logliks(healed, "healed").items()}
+            runs.write_json(path, healed_logliks)
+            del healed
+        self.shift = detection.healed_shift(
+            self.init_logliks, {k: np.asarray(v) for k, v in healed_logliks.items()})
+        print(f"mean shift of d: {np.nanmean(self.shift):+.3f} nats/token (what healing "
+              "alone adds)")
+        return self.shift
 
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
-
-
-def plot(table: pd.DataFrame, power: pd.DataFrame, alpha: float = 0.05):
-    """Four panels: ROC per test, the null p-values against uniform (QQ), power against
-    the number of prompts, and detection against the share of T's data."""
-    import matplotlib.pyplot as plt
-
-    tests = [t for t in TESTS if t in table and not table[t].isna().all()]
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for test in tests:
-        pos = table.loc[table["arm"] == POSITIVE, test]
-        neg = table.loc[table["arm"].isin(NULLS), test]
-        fpr, tpr, auc = roc(pos, neg)
-        axes[0].step(fpr, tpr, where="post", label=f"{TESTS[test]} (AUC {auc:.2f})")
-        null = np.sort(neg.to_numpy())
-        axes[1].plot((np.arange(1, len(null) + 1) - 0.5) / len(null), null, "o-", ms=3,
-                     label=TESTS[test])
-        rates = power[power["test"] == test]
-        axes[2].plot(rates["prompts"], rates["power"], "o-", label=TESTS[test])
-        shares = table.dropna(subset=["share"]).groupby("share")[test].apply(
-            lambda p: (p <= alpha).mean())
-        axes[3].plot(shares.index * 100, shares.to_numpy(), "o-", label=TESTS[test])
-    axes[0].plot([0, 1], [0, 1], ":", color="grey")
-    axes[0].set(xlabel="false-positive rate (other + reference students)",
-                ylabel="true-positive rate (teacher students)", title="ROC")
-    axes[1].plot([0, 1], [0, 1], ":", color="grey")
-    axes[1].set(xlabel="uniform quantile", ylabel="null p-value",
-                title="calibration on the null students")
-    axes[2].set(xlabel="prompts", ylabel=f"teacher students flagged at alpha={alpha}",
-                title="power against prompts", ylim=(0, 1.05))
-    axes[3].set(xlabel="% of the student's data from T", ylabel=f"flagged at alpha={alpha}",
-                title="detection against dilution", ylim=(0, 1.05))
-    for axis in axes:
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+    def results(self) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+        """Every student's p-values on all the test prompts (STUDENTS), the teacher
+        students' power at each of power_prompts, and the summary per test (SUMMARY)."""
+        c = self.config
+        evidence = [runs.read_json(self.run_dir / "students" / f"{arm}-{i:02d}" / "evidence.json")
+                    for arm, i in self.jobs()]
+        counts = sorted({min(n, len(self.test)) for n in c.power_prompts} | {len(self.test)})
+        rows, power_rows = [], []
+        for found in tqdm(evidence, desc="p-values"):
+            for n in counts:
+                p = detection.p_values(found, n, self.teacher_answers, self.tokenizer,
+                                       self.messages, self.mark, c.max_edit, c.permutations,
+                                       c.seed, self.shift)
+                if n == len(self.test):
+                    rows.append({"arm": found["arm"], "student": found["index"],
+                                 "share": dilution(found["arm"]), **p,
+                                 "mean_d": np.nanmean(found["d"])})
+                if found["arm"] == POSITIVE:
+                    power_rows += [{"test": t, "prompts": n, "flagged": p[t] <= c.alpha}
+                                   for t in detection.TESTS]
+        table = pd.DataFrame(rows)
+        power = pd.DataFrame(power_rows).groupby(["test", "prompts"], as_index=False)[
+            "flagged"].mean().rename(columns={"flagged": "power"})
+        summary = detection.summary(table, c.alpha)
+        table.to_csv(self.run_dir / STUDENTS, index=False)
+        summary.to_csv(self.run_dir / SUMMARY, index=False)
+        return table, power, summary
