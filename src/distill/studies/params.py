@@ -27,6 +27,7 @@ from .collapse import CONDITIONS
 _env_name = (lambda v: v is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v) is not None,
              "must be the name of an environment variable (not the key), or null")
 _share = (lambda v: 0 < v < 1, "must lie strictly between 0 and 1")
+_below_one = (lambda v: 0 <= v < 1, "must be in [0, 1)")
 _precision = (lambda v: v in PRECISIONS, "must be one of " + ", ".join(PRECISIONS))
 _recipe = (lambda v: v in PRUNE_RECIPES, "must be one of " + ", ".join(PRUNE_RECIPES))
 _counts = (lambda v: len(v) > 0 and all(isinstance(n, int) and n > 0 for n in v),
@@ -54,7 +55,7 @@ class ProvenanceParams:  # notebook 05, `distill provenance`
                         positive)
     max_new_tokens: int = _p(48, "longest answer, in tokens", positive)
     max_edit: float = _p(0.0, "test 1: answers agree when at most this share of their words "
-                         "differ (0: the same words)", (lambda v: 0 <= v < 1, "must be in [0, 1)"))
+                         "differ (0: the same words)", _below_one)
     alpha: float = _p(0.05, "the false-positive rate a decision allows", _share)
     permutations: int = _p(10000, "test 2: random sign flips (exact enumeration up to 16 "
                            "prompts)", positive)
@@ -107,7 +108,7 @@ class ProvenanceStudyParams:  # notebook 06, `study: provenance`
     watermark_gamma: float = _p(0.25, "the watermark's green share", _share)
     watermark_delta: float = _p(2.0, "the watermark's logit bonus", non_negative)
     max_edit: float = _p(0.0, "test 1: answers agree when at most this share of their words "
-                         "differ", (lambda v: 0 <= v < 1, "must be in [0, 1)"))
+                         "differ", _below_one)
     power_prompts: list = _p([50, 100, 200], "prompt counts for the power curve (capped at "
                              "test_prompts)", _counts)
     alpha: float = _p(0.05, "the false-positive rate a decision allows", _share)
@@ -145,7 +146,7 @@ class DriftParams:  # notebook 07, `study: drift`
                             "the top-k)", positive)
     redistill_steps: int = _p(48, "optimizer steps of each re-distillation arm", positive)
     replay_share: float = _p(0.5, "warm + replay: the share of T_v1 samples in the arm's data",
-                             (lambda v: 0 <= v < 1, "must be in [0, 1)"))
+                             _below_one)
     target: float = _p(0.95, "re-distillation target: this share of S's top-1 agreement with "
                        "T_v1", positive)
     eval_every: int = _p(8, "steps between validations of the re-distillation arms", positive)
