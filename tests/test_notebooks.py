@@ -1,4 +1,5 @@
-"""The notebooks' `parameters` cells carry the same keys and defaults as distill.core.params."""
+"""The notebooks' `parameters` cells carry the same keys and defaults as the params
+sections: distill.core.params, distill.speech.params and distill.studies.params."""
 
 import ast
 import dataclasses
@@ -19,6 +20,12 @@ from distill.speech.params import (
     SpeechLabellingParams,
     SpeechTrainingParams,
 )
+from distill.studies.params import (
+    CollapseParams,
+    DriftParams,
+    ProvenanceParams,
+    ProvenanceStudyParams,
+)
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 STAGES = {
@@ -33,6 +40,13 @@ SPEECH_STAGES = {
     "speech_03_evaluation": SpeechEvaluationParams,
 }
 SPEECH_RUN = {"task": "asr", "teacher": "whisper-tiny.en"}
+# `distill provenance` and the studies: a section of their own each, no run section
+STUDIES = {
+    "05_provenance": ProvenanceParams,
+    "06_provenance_study": ProvenanceStudyParams,
+    "07_teacher_drift": DriftParams,
+    "08_recursive_collapse": CollapseParams,
+}
 
 
 def _defaults(cls) -> dict:
@@ -48,8 +62,7 @@ def test_every_stage_has_a_notebook_plus_the_comparison_provenance_and_study_not
                           "06_provenance_study", "07_teacher_drift", "08_recursive_collapse"])
 
 
-@pytest.mark.parametrize("name", ["05_provenance", "06_provenance_study", "07_teacher_drift",
-                                  "08_recursive_collapse"])
+@pytest.mark.parametrize("name", STUDIES)
 def test_provenance_and_study_notebooks_take_literal_commented_parameters(name):
     """What `distill provenance` / `distill study` and papermill pass: each parameter a literal
     with a comment that says what it is (`papermill --help-notebook` shows it)."""
@@ -95,3 +108,15 @@ def test_parameter_defaults_equal_the_params_dataclasses(stage, section):
     for name, value in expected.items():
         got = notebook_defaults[name]
         assert got == value and type(got) is type(value), (name, got, value)
+
+
+@pytest.mark.parametrize("name,section", STUDIES.items())
+def test_study_parameter_defaults_equal_the_study_sections(name, section):
+    """What a study file or `distill provenance` leaves out is the notebook's default."""
+    inferred = papermill.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    notebook_defaults = {key: ast.literal_eval(info["default"]) for key, info in inferred.items()}
+    expected = _defaults(section)
+    assert set(notebook_defaults) == {"run_dir"} | set(expected)
+    for key, value in expected.items():
+        got = notebook_defaults[key]
+        assert got == value and type(got) is type(value), (key, got, value)

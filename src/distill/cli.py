@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                             help="the key of BASE_URL#MODEL endpoints (default OPENAI_API_KEY)")
     provenance.add_argument("--set", dest="settings", action="append", default=[],
                             metavar="NAME=VALUE",
-                            help="any other parameter of notebooks/05_provenance.ipynb, as YAML")
+                            help="any other key of the provenance section (distill params), "
+                            "as YAML")
     provenance.add_argument("--output-dir", help="where the folder goes (default outputs)")
 
     study = commands.add_parser(
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     study.add_argument("study_file", help="a study YAML, e.g. params/studies/teacher_drift.yaml, "
                        "or a study folder to go on in")
     study.add_argument("--set", dest="settings", action="append", default=[],
-                       metavar="NAME=VALUE", help="override one parameter, as YAML (repeatable)")
+                       metavar="NAME=VALUE", help="override one key of the study's section "
+                       "(distill params), as YAML (repeatable)")
 
     fingerprint = commands.add_parser(
         "fingerprint", help="record a teacher's answers to fixed probes, or check that a model "

@@ -7,12 +7,13 @@ run; the stages themselves skip finished work (sample shards, checkpoints).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import yaml
 
-from .core.params import STAGES, Params, ParamsError, load_params
+from .core.params import STAGES, Params, ParamsError, load_params, load_section
 from .core.params_fields import teacher_backend_named
 from .core.runs import MANIFEST, PARAMS, artifact_hashes, atomic_file, new_run_dir, update_manifest
 
@@ -197,29 +198,13 @@ def _execute(stage: str, notebook_name: str, run_dir: Path, parameters: dict,
 def run_notebook(notebook_name: str, name: str, parameters: dict, log_output: bool = False,
                  run_dir: Path | None = None, study: str | None = None) -> Path:
     """A notebook outside the three stages (05 to 08) in a new folder
-    <output_dir>/<name>-<time>/ (or again in `run_dir`, which it resumes), with its
-    parameters checked against the notebook's parameters cell first (an unknown name is
-    a ValueError listing the known ones). `study` goes into the manifest: the kind of
-    study a folder resumes as."""
-    import papermill
-
+    <output_dir>/<name>-<time>/ (or again in `run_dir`, which it resumes), on
+    `parameters`: its params section, already validated (distill.studies.params), which
+    the manifest records. `study` goes into the manifest too: the kind of study a folder
+    resumes as."""
     from .core.runs import environment
 
-    known = papermill.inspect_notebook(str(notebooks_dir() / notebook_name))
-    unknown = sorted(n for n in parameters if n not in known or n == "run_dir")  # ours
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; notebooks/"
-                         f"{notebook_name} takes {', '.join(n for n in known if n != 'run_dir')}")
-    if "watermark_key_env" in known:  # a missing key stops here, not after an hour
-        import ast
-
-        from .lm.watermark import from_env
-
-        key_env = parameters.get("watermark_key_env",
-                                 ast.literal_eval(known["watermark_key_env"]["default"]))
-        if key_env:
-            from_env(key_env)  # ValueError saying what to export, or to pass None
-    run_dir = (run_dir or new_run_dir(parameters.get("output_dir", "outputs"), name)).resolve()
+    run_dir = (run_dir or new_run_dir(parameters["output_dir"], name)).resolve()
     update_manifest(run_dir, created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                     parameters=parameters, environment=environment(),
                     **({"study": study} if study else {}))
@@ -244,49 +229,29 @@ def check_models(names: list[str], api_key_env: str = "OPENAI_API_KEY") -> None:
 
 
 def run_provenance(parameters: dict, log_output: bool = False) -> Path:
-    """`distill provenance`: notebook 05 on the given parameters (its parameters cell
-    lists them), every model checked first."""
-    names = [parameters["suspect"], *parameters["candidates"]]
-    names += [parameters[role] for role in ("control", "reference") if parameters.get(role)]
-    check_models(names, parameters.get("api_key_env", "OPENAI_API_KEY"))
-    return run_notebook(PROVENANCE_NOTEBOOK, "provenance", parameters, log_output)
+    """`distill provenance`: notebook 05 on `parameters`, the keys of the provenance
+    section (`distill params` lists them); every key and every model checked first."""
+    config = load_section("provenance", parameters, "distill provenance")
+    names = [config.suspect, *config.candidates, config.control, config.reference]
+    check_models([name for name in names if name], config.api_key_env)
+    return run_notebook(PROVENANCE_NOTEBOOK, "provenance", dataclasses.asdict(config),
+                        log_output)
 
 
 def run_study(path: str | Path, overrides: dict, log_output: bool = False) -> Path:
-    """`distill study FILE`: the notebook a study YAML names with its `study:` key
-    (STUDIES; provenance when absent), on the file's other keys (the notebook's
-    parameters cell lists them) and `overrides`, the teachers checked first. Given a
-    study folder instead, it goes on there with the parameters it was started with."""
-    from .core.runs import read_json
+    """`distill study FILE`: the notebook a study file names with its `study:` key
+    (STUDIES; provenance when absent), on the file's other keys and `overrides`, every
+    key (distill.studies.params) and the teachers checked first. Given a study folder
+    instead, it goes on there with the parameters it was started with, and `overrides`."""
+    from .studies.runner import load_study
 
-    path = Path(path)
-    if path.is_dir():
-        manifest = read_json(path / MANIFEST, {})
-        parameters = {**manifest.get("parameters", {}), **overrides}
-        notebook = STUDIES[manifest.get("study", "provenance")]
-        return run_notebook(notebook, "", parameters, log_output, run_dir=path)
-    loaded = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ParamsError(f"{path}: expected a mapping of a study notebook's parameters")
-    kind = loaded.pop("study", "provenance")
-    if kind not in STUDIES:
-        raise ParamsError(f"{path}: study: {kind!r} is not one of {', '.join(STUDIES)}")
-    parameters = {**loaded, **overrides}
-    known = _defaults(STUDIES[kind])
-    names = [parameters.get(role, known[role]) for role in ("teacher", "other_teacher")
-             if role in known and parameters.get(role, known[role])]
-    check_models([n for n in names if not n.startswith("changed:")])  # made by the study
-    return run_notebook(STUDIES[kind], path.stem, parameters, log_output, study=kind)
-
-
-def _defaults(notebook_name: str) -> dict:
-    """A notebook's parameters and their default values."""
-    import ast
-
-    import papermill
-
-    return {name: ast.literal_eval(spec["default"]) for name, spec in
-            papermill.inspect_notebook(str(notebooks_dir() / notebook_name)).items()}
+    study, config, folder = load_study(path, overrides)
+    if folder is None:
+        names = [getattr(config, role, None) for role in ("teacher", "other_teacher")]
+        # a changed:N teacher is made by the study itself
+        check_models([name for name in names if name and not name.startswith("changed:")])
+    return run_notebook(STUDIES[study], Path(path).stem, dataclasses.asdict(config), log_output,
+                        run_dir=folder, study=study)
 
 
 def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:

@@ -11,7 +11,8 @@ Every key is declared once, below, with its type, default and help. The
 notebooks' `parameters` cells carry the same defaults as literals (a test keeps
 them equal), and each notebook receives its own section plus the `run` keys.
 Unknown keys, wrong types and impossible values raise `ParamsError` naming the
-file and the key, before a model is loaded.
+file and the key, before a model is loaded. The studies' sections (a study file,
+`distill provenance`) are registered by distill.studies.params and read by `load_section`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from .params_checks import check_across_sections
 from .params_fields import (
     MAX_TOP_LOGPROBS,  # noqa: F401 (part of this module's interface)
     SOURCES,  # noqa: F401
+    STUDY_SECTIONS,
     ParamsError,
     _p,
     non_negative,
@@ -37,6 +39,8 @@ from .params_fields import (
     optional_positive,
     positive,
     probability,
+    register_section,  # noqa: F401
+    section_name,
     teacher_backend_names,
 )
 
@@ -300,9 +304,15 @@ def register_task(task: str, sections: dict[str, type]) -> None:
     STAGE_SECTIONS[task] = {stage: section_name(cls) for stage, cls in sections.items()}
 
 
-def section_name(cls: type) -> str:
-    """SpeechLabellingParams -> speech_labelling."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Params")).lower()
+def load_section(name: str, values: dict, source) -> Any:
+    """A section registered by `register_section`, from `values`: every key checked (an
+    unknown key, a wrong type or an impossible value raises ParamsError naming `source`
+    and the key), then the section's own check, before any work."""
+    cls, check = STUDY_SECTIONS[name]
+    section = _build_section(cls, values, f"{source}: {name}")
+    if check:
+        check(section, f"{source}: {name}")
+    return section
 
 
 class Params:
@@ -333,12 +343,14 @@ class Params:
 def section_params(section: str, values: dict):
     """One section's params, validated, from a mapping that holds its keys: in a
     notebook, `globals()` after papermill (or the parameters cell) set them."""
-    cls = SECTIONS[section]
+    cls = SECTIONS[section] if section in SECTIONS else STUDY_SECTIONS[section][0]
     missing = [f.name for f in dataclasses.fields(cls) if f.name not in values]
     if missing:
         raise ParamsError(f"{section}: missing parameters {', '.join(missing)}")
-    return _build_section(cls, {f.name: values[f.name] for f in dataclasses.fields(cls)},
-                          f"notebook parameters: {section}")
+    given = {f.name: values[f.name] for f in dataclasses.fields(cls)}
+    if section in STUDY_SECTIONS:
+        return load_section(section, given, "notebook parameters")
+    return _build_section(cls, given, f"notebook parameters: {section}")
 
 
 def _type_ok(value, annotation) -> bool:
@@ -427,7 +439,12 @@ def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Pa
 def describe() -> str:
     """A reference of every key, for `distill params` and the README."""
     lines = []
-    for name, cls in SECTIONS.items():
+    studies = {name: cls for name, (cls, _) in STUDY_SECTIONS.items()}
+    for name, cls in {**SECTIONS, **studies}.items():
+        if name == next(iter(studies), None):
+            lines.append("\n# The studies' own sections: the keys of a study file "
+                         "(params/studies/, its `study:` names the notebook) or of "
+                         "`distill provenance`")
         lines.append(f"{name}:")
         for f in dataclasses.fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()

@@ -1,10 +1,12 @@
 """How a parameter is declared (`_p`), the checks many parameters share, and the
-registries that higher layers fill: the kd_loss objectives (`register_objectives`) and
-the teacher backends (`register_teacher_backend`). Used by distill.core.params,
-distill.core.params_checks and the feature folders' own sections (distill.speech.params)."""
+registries that higher layers fill: the kd_loss objectives (`register_objectives`),
+the teacher backends (`register_teacher_backend`) and the sections read on their own,
+the studies' (`register_section`). Used by distill.core.params, distill.core.params_checks
+and the higher folders' own sections (distill.speech.params, distill.studies.params)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,3 +103,24 @@ def teacher_backend_named(name: str):
         raise KeyError(f"teacher_sampling.backend {name!r}: not a backend; known: "
                        + ", ".join(teacher_backend_names()))
     return TEACHER_BACKENDS[name]
+
+
+def section_name(cls: type) -> str:
+    """SpeechLabellingParams -> speech_labelling."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__.removesuffix("Params")).lower()
+
+
+# Sections read on their own, not from a params file: a study file's keys (its `study:`
+# names the section) and `distill provenance`'s arguments. Name -> (dataclass, check
+# across its keys or None). Filled by distill.studies.params when it is imported;
+# distill.core.params.load_section reads them.
+STUDY_SECTIONS: dict[str, tuple[type, Any]] = {}
+
+
+def register_section(cls: type, check=None) -> None:
+    """Make `cls` a section read on its own (`load_section`), listed by `distill params`.
+    `check(section, where)` raises ParamsError for what no single key can say."""
+    name = section_name(cls)
+    if STUDY_SECTIONS.get(name, (cls,))[0] is not cls:
+        raise ValueError(f"params section {name} is registered twice")
+    STUDY_SECTIONS[name] = (cls, check)

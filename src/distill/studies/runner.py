@@ -1,240 +1,49 @@
-"""The provenance study: do the tests of `distill.studies.provenance` flag the students of a
-teacher T, and only them? (notebook 06, `params/studies/`)
+"""The study runner's side of `distill study`: a study file (params/studies/) or a study
+folder read into its notebook's params section (distill.studies.params), every key
+checked before a folder exists. distill.pipeline then executes the notebook.
 
-Every student starts from one shared initialisation (T pruned once, by one fixed
-recipe), so whatever a test sees of T in the weights is the same in every arm, and is
-trained by cross-entropy on the text of its arm, the same budget for each:
-
-    teacher     T's answers (T samples under a watermark when a key is given)
-    other       another teacher T''s answers (read in the student's tokens)
-    reference   plain text no teacher wrote (the shipped corpus, or the user's)
-    dilute_<p>  reference text with p percent of T's answers mixed in
-
-`teacher` students are the positives, `other` and `reference` the nulls; dilutions show
-how little of T's data a test still finds. Each student is tested on prompts no
-student trained on, against T (candidate) and T' (control), with the initialisation as
-the likelihood test's reference.
+A study file is flat: its `study:` key names the study (provenance when absent) and
+every other key is one of that study's params. A study folder records its study and its
+parameters in its manifest, so that it goes on where it stopped with the same ones.
 """
 
 from __future__ import annotations
 
-import re
+from pathlib import Path
 
-import numpy as np
-import pandas as pd
+import yaml
 
-from ..lm.samples import Example
-from . import provenance
+from ..core.params import ParamsError, load_section
+from ..core.runs import MANIFEST, read_json
 
-POSITIVE, NULLS = "teacher", ("other", "reference")
-TESTS = {"agreement": "output agreement", "likelihood": "likelihood (R: init)",
-         "likelihood_healed": "likelihood (R: init + reference text)", "watermark": "watermark"}
-STUDENTS, SUMMARY = "study_students.csv", "study_summary.csv"  # what notebook 06 writes
-
-
-def dilution(arm: str) -> float | None:
-    """The share of T's answers in an arm's data: 1 (teacher), 0 (reference), p / 100
-    (dilute_<p>); None for `other`. ValueError for an unknown arm."""
-    fixed = {"teacher": 1.0, "reference": 0.0, "other": None}
-    if arm in fixed:
-        return fixed[arm]
-    if match := re.fullmatch(r"dilute_(\d+(?:\.\d+)?)", arm):
-        return float(match.group(1)) / 100
-    raise ValueError(f"arms: unknown arm {arm!r}; use teacher, other, reference or "
-                     "dilute_<percent>, e.g. dilute_5")
+# A study (a study file's `study:`, a folder's manifest) -> the params section it reads
+SECTIONS = {"provenance": "provenance_study", "drift": "drift", "collapse": "collapse"}
+# every study writes its headline table there, and `distill study` prints it
+SUMMARY = "study_summary.csv"
 
 
-def check_arms(arms: dict[str, int]) -> None:
-    """The arms a study can measure: known names, the teacher arm (the positives) and at
-    least one null arm (other, reference), with student counts >= 0."""
-    for arm, count in arms.items():
-        dilution(arm)
-        if not isinstance(count, int) or count < 0:
-            raise ValueError(f"arms: {arm}: expected a count of students >= 0, got {count!r}")
-    if not arms.get(POSITIVE) or not any(arms.get(arm) for arm in NULLS):
-        raise ValueError(f"arms: a study needs {POSITIVE} students (the positives) and "
-                         f"{' or '.join(NULLS)} students (the nulls); got {arms}")
-
-
-# What every student of a study depends on: a study folder goes on only with the same.
-STUDENT_PARAMETERS = ("teacher", "other_teacher", "prompts", "train_prompts", "test_prompts",
-                      "max_new_tokens", "temperature", "reference_text", "block_size",
-                      "examples_per_student", "prune_recipe", "student_size", "epochs",
-                      "batch_size", "lr", "watermark_gamma", "watermark_delta", "precision",
-                      "seed")
-
-
-def check_resume(run_dir, parameters: dict, watermark=None) -> None:
-    """Record what the study's students depend on (`STUDENT_PARAMETERS` and the
-    watermark key's id) in its folder, or, going on in a folder that has them, refuse
-    other values: old students would be compared with new teachers' answers. More
-    students per arm, and another max_edit, alpha or power_prompts, are fine."""
-    from pathlib import Path
-
-    from ..core.runs import read_json, write_json
-
-    key = {**{name: parameters[name] for name in STUDENT_PARAMETERS},
-           "watermark": watermark.key_id if watermark else None}
-    path = Path(run_dir) / "study_key.json"
-    saved = read_json(path, None)
-    if saved is None:
-        write_json(path, key)
-        return
-    changed = sorted(name for name in key if saved.get(name) != key[name])
-    if changed:
-        raise ValueError(f"{run_dir} was made with other values of {', '.join(changed)} "
-                         f"({', '.join(f'{n}={saved.get(n)!r}' for n in changed)}); its "
-                         "students depend on them: start a new study for new values")
-
-
-def arm_examples(arm: str, pools: dict[str, list[Example]], size: int,
-                 rng: np.random.Generator) -> list[Example]:
-    """`size` training examples of an arm, drawn at random (with replacement only when
-    a pool is smaller than asked) from the pools 'teacher', 'other' and 'reference'."""
-    def draw(pool: str, count: int) -> list[Example]:
-        if count == 0:
-            return []
-        examples = pools.get(pool, [])
-        if not examples:
-            raise ValueError(f"arm {arm}: the {pool} pool is empty")
-        index = rng.choice(len(examples), count, replace=count > len(examples))
-        return [examples[i] for i in index]
-
-    share = dilution(arm)
-    if share is None:
-        return draw("other", size)
-    from_teacher = round(share * size)
-    return draw("teacher", from_teacher) + draw("reference", size - from_teacher)
-
-
-def evidence(answers: list[str], logliks: dict[str, np.ndarray]) -> dict:
-    """What the tests need of one student S, per prompt, so that they can be run later
-    on any number of the prompts and at any `max_edit` (`p_values`): S's answers, and d
-    of the likelihood test with the initialisation as R. `logliks` are keyed
-    suspect_teacher, suspect_other, init_teacher, init_other (scorer, whose answers)."""
-    return {"answers": answers,
-            "d": ((logliks["suspect_teacher"] - logliks["init_teacher"])
-                  - (logliks["suspect_other"] - logliks["init_other"])).tolist()}
-
-
-def healed_shift(init: dict[str, np.ndarray], healed: dict[str, np.ndarray]) -> np.ndarray:
-    """What turns a student's d against the initialisation into d against a *healed*
-    reference R' (the initialisation trained on reference text, no teacher):
-    d' = (S_T - S_C) - (R'_T - R'_C) = d + (init_T - init_C) - (R'_T - R'_C).
-
-    Why: the initialisation is T pruned, and any training heals it back towards T, so
-    students of no teacher gain more on T's answers than the bare initialisation does
-    (the study measured it). R' has healed as much without T's answers."""
-    return ((init["init_teacher"] - init["init_other"])
-            - (healed["healed_teacher"] - healed["healed_other"]))
-
-
-def p_values(evidence: dict, prompts: int, teachers: dict[str, list[str]], tokenizer,
-             messages, watermark=None, max_edit: float = 0.0, permutations: int = 2000,
-             seed: int = 0, shift=None) -> dict:
-    """The p-values of one student on its first `prompts` prompts: output agreement
-    with T's answers against T''s (`teachers`: teacher / other; one-sided exact
-    McNemar, which Holm leaves as it is with one other model), the likelihood lift over
-    the initialisation and, given `shift` (`healed_shift`), over a healed reference
-    (sign flips), and the watermark (Binomial; NaN without one). Also the shares of
-    answers that agree with each teacher."""
-    answers = evidence["answers"][:prompts]
-    agrees = {role: [provenance.answers_agree(a, b, max_edit)
-                     for a, b in zip(answers, teachers[role])] for role in ("teacher", "other")}
-    agree = {role: sum(flags) for role, flags in agrees.items()}
-    found = {"agreement": provenance.prefers(agrees["teacher"], agrees["other"]),
-             "likelihood": provenance.sign_flip_test(np.asarray(evidence["d"][:prompts]),
-                                                     permutations, seed)["p_value"],
-             "likelihood_healed": float("nan") if shift is None else provenance.sign_flip_test(
-                 (np.asarray(evidence["d"]) + shift)[:prompts], permutations, seed)["p_value"],
-             "watermark": float("nan"),
-             "agree_teacher": agree["teacher"] / prompts, "agree_other": agree["other"] / prompts}
-    if watermark is not None:
-        found["watermark"] = provenance.watermark_radioactivity(
-            tokenizer, messages[:prompts], answers, watermark)["p_value"]
-    return found
-
-
-def roc(scores_positive, scores_negative) -> tuple[np.ndarray, np.ndarray, float]:
-    """(false-positive rates, true-positive rates, AUC) of flagging where p <= threshold,
-    over every threshold; AUC as the chance a positive's p is below a negative's (ties
-    count half)."""
-    pos, neg = np.asarray(scores_positive), np.asarray(scores_negative)
-    thresholds = np.unique(np.concatenate([pos, neg, [0.0, 1.0]]))
-    fpr = np.array([0.0, *[(neg <= t).mean() for t in thresholds]])
-    tpr = np.array([0.0, *[(pos <= t).mean() for t in thresholds]])
-    auc = float(np.mean([(p < n) + 0.5 * (p == n) for p in pos for n in neg]))
-    return fpr, tpr, auc
-
-
-def tpr_at_fpr(scores_positive, scores_negative, fpr: float = 0.05) -> float:
-    """The share of positives flagged at the largest threshold that flags at most `fpr`
-    of the negatives."""
-    neg = np.sort(np.asarray(scores_negative))
-    allowed = int(np.floor(fpr * len(neg)))  # negatives that may fall at or under it
-    threshold = neg[allowed] if allowed < len(neg) else np.inf
-    return float((np.asarray(scores_positive) < threshold).mean())
-
-
-def summary(table: pd.DataFrame, alpha: float = 0.05) -> pd.DataFrame:
-    """Per test: AUC and TPR at 5% FPR (teacher vs other + reference students), and the
-    null arms' false-positive rate at alpha with its 95% Wilson interval."""
-    rows = []
-    for test in TESTS:
-        if test not in table or table[test].isna().all():  # not run
-            continue
-        pos = table.loc[table["arm"] == POSITIVE, test]
-        neg = table.loc[table["arm"].isin(NULLS), test]
-        _, _, auc = roc(pos, neg)
-        low, high = wilson((neg <= alpha).sum(), len(neg))
-        rows.append({"test": TESTS[test], "auc": auc, "tpr_at_5pct_fpr": tpr_at_fpr(pos, neg),
-                     "null_models": len(neg), "fpr_at_alpha": (neg <= alpha).mean(),
-                     "fpr_95ci": f"[{low:.2f}, {high:.2f}]",
-                     "power_at_alpha": (pos <= alpha).mean()})
-    return pd.DataFrame(rows)
-
-
-def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, float(centre - half)), min(1.0, float(centre + half))
-
-
-def plot(table: pd.DataFrame, power: pd.DataFrame, alpha: float = 0.05):
-    """Four panels: ROC per test, the null p-values against uniform (QQ), power against
-    the number of prompts, and detection against the share of T's data."""
-    import matplotlib.pyplot as plt
-
-    tests = [t for t in TESTS if t in table and not table[t].isna().all()]
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
-    for test in tests:
-        pos = table.loc[table["arm"] == POSITIVE, test]
-        neg = table.loc[table["arm"].isin(NULLS), test]
-        fpr, tpr, auc = roc(pos, neg)
-        axes[0].step(fpr, tpr, where="post", label=f"{TESTS[test]} (AUC {auc:.2f})")
-        null = np.sort(neg.to_numpy())
-        axes[1].plot((np.arange(1, len(null) + 1) - 0.5) / len(null), null, "o-", ms=3,
-                     label=TESTS[test])
-        rates = power[power["test"] == test]
-        axes[2].plot(rates["prompts"], rates["power"], "o-", label=TESTS[test])
-        shares = table.dropna(subset=["share"]).groupby("share")[test].apply(
-            lambda p: (p <= alpha).mean())
-        axes[3].plot(shares.index * 100, shares.to_numpy(), "o-", label=TESTS[test])
-    axes[0].plot([0, 1], [0, 1], ":", color="grey")
-    axes[0].set(xlabel="false-positive rate (other + reference students)",
-                ylabel="true-positive rate (teacher students)", title="ROC")
-    axes[1].plot([0, 1], [0, 1], ":", color="grey")
-    axes[1].set(xlabel="uniform quantile", ylabel="null p-value",
-                title="calibration on the null students")
-    axes[2].set(xlabel="prompts", ylabel=f"teacher students flagged at alpha={alpha}",
-                title="power against prompts", ylim=(0, 1.05))
-    axes[3].set(xlabel="% of the student's data from T", ylabel=f"flagged at alpha={alpha}",
-                title="detection against dilution", ylim=(0, 1.05))
-    for axis in axes:
-        axis.legend(fontsize=8)
-    figure.tight_layout()
-    return figure
+def load_study(path: str | Path, overrides: dict) -> tuple[str, object, Path | None]:
+    """(study, its params, the folder to go on in or None) of a study file or folder,
+    `overrides` (name -> value) applied. Raises ParamsError naming the file and the key
+    for an unknown study or key, a wrong type or an impossible value."""
+    path = Path(path)
+    if path.is_dir():
+        manifest = read_json(path / MANIFEST, {})
+        if "parameters" not in manifest:
+            raise ParamsError(f"{path}: not a study folder (its {MANIFEST} records no "
+                              "parameters); give a study file to start one")
+        study = manifest.get("study", "provenance")  # the first studies recorded none
+        values, folder = {**manifest["parameters"], **overrides}, path
+    else:
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise ParamsError(f"{path}: no such study file") from None
+        except yaml.YAMLError as error:
+            raise ParamsError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(values, dict):
+            raise ParamsError(f"{path}: expected a mapping of a study's parameters")
+        study, values, folder = values.pop("study", "provenance"), {**values, **overrides}, None
+    if study not in SECTIONS:
+        raise ParamsError(f"{path}: study: {study!r} is not one of {', '.join(SECTIONS)}")
+    return study, load_section(SECTIONS[study], values, path), folder

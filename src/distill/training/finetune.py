@@ -1,7 +1,8 @@
-"""A changed teacher: a copy of a model fine-tuned by cross-entropy for a few steps,
-with the suite's own training loop. This is what a vendor's quiet update of the model
-behind an API looks like from outside; the drift study (notebook 07), the fingerprint
-tests and benchmark, and the provenance study use it.
+"""Copies of a model, trained: `trained_copy` (a copy trained and cast for use, as the
+studies train their students), and `changed_teacher`, a copy fine-tuned by
+cross-entropy for a few steps. A changed teacher is what a vendor's quiet update of the
+model behind an API looks like from outside; the drift study (notebook 07), the
+fingerprint tests and benchmark, and the provenance study use it.
 
 Fine-tune on text the model would not write itself (the shipped corpus, another
 teacher's answers): on its own answers the gradient is near zero and it barely moves.
@@ -13,11 +14,30 @@ import copy
 import shutil
 from pathlib import Path
 
+import torch
+
 from ..core.params import StudentTrainingParams
 from ..core.runs import CHECKPOINTS
 from ..lm.models import load_model, save_model
 from ..lm.samples import Example
 from .loop import train
+
+
+def trained_copy(start, examples: list[Example], folder: str | Path, config, *, dtype: str,
+                 seed: int = 0, tokenizer=None, validation=None, save_to=None):
+    """A copy of `start` (a model, left as it is, or the folder of a saved one) trained
+    in float32 on `examples` as `config` (student_training params) says, its log and
+    checkpoints in `folder`; the checkpoints (about 4x the model's size) are then
+    deleted, and the copy is cast to `dtype` (float32, bfloat16, float16) for use.
+    `validation` and `save_to` go to `train`. Returns (the copy, the training log)."""
+    if isinstance(start, (str, Path)):
+        model = load_model(str(start), dtype="float32")[0]
+    else:
+        model = copy.deepcopy(start).float()
+    log = train(model, examples, folder, config, seed=seed, tokenizer=tokenizer,
+                validation=validation, save_to=save_to)
+    shutil.rmtree(Path(folder) / CHECKPOINTS, ignore_errors=True)
+    return model.to(getattr(torch, dtype)).eval(), log
 
 
 def changed_teacher(model, tokenizer, examples: list[Example], steps: int, folder: str | Path,
@@ -27,16 +47,17 @@ def changed_teacher(model, tokenizer, examples: list[Example], steps: int, folde
     `examples`, saved in `folder` (a later call with the same folder loads it). `steps`
     0 gives an unchanged copy. `model` itself is left as it was."""
     folder = Path(folder)
+    dtype = str(model.dtype).removeprefix("torch.")
     if (folder / "config.json").exists():
-        return load_model(str(folder), dtype=str(model.dtype).removeprefix("torch."))[0].eval()
-    changed = copy.deepcopy(model).float()
+        return load_model(str(folder), dtype=dtype)[0].eval()
     if steps:
         config = StudentTrainingParams(
             ce_weight=1.0, kd_weight=0.0, max_steps=steps, epochs=10**6, batch_size=batch_size,
             lr=lr, warmup_steps=0, validation_size=0, checkpoint_every=10**6,
             mixed_precision=mixed_precision)
-        train(changed, examples, folder, config, seed=seed, tokenizer=tokenizer)
-        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-    changed = changed.to(model.dtype).eval()
+        changed, _ = trained_copy(model, examples, folder, config, dtype=dtype, seed=seed,
+                                  tokenizer=tokenizer)
+    else:
+        changed = copy.deepcopy(model).eval()
     save_model(changed, tokenizer, folder)
     return changed
