@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import types
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from .params_fields import (
     STUDY_SECTIONS,
     ParamsError,
     _p,
+    build_section,
     non_negative,
     objective_names,
     optional_positive,
@@ -309,7 +308,7 @@ def load_section(name: str, values: dict, source) -> Any:
     unknown key, a wrong type or an impossible value raises ParamsError naming `source`
     and the key), then the section's own check, before any work."""
     cls, check = STUDY_SECTIONS[name]
-    section = _build_section(cls, values, f"{source}: {name}")
+    section = build_section(cls, values, f"{source}: {name}")
     if check:
         check(section, f"{source}: {name}")
     return section
@@ -350,46 +349,7 @@ def section_params(section: str, values: dict):
     given = {f.name: values[f.name] for f in dataclasses.fields(cls)}
     if section in STUDY_SECTIONS:
         return load_section(section, given, "notebook parameters")
-    return _build_section(cls, given, f"notebook parameters: {section}")
-
-
-def _type_ok(value, annotation) -> bool:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:  # YAML writes 1 for 1.0; accept ints, never bools
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, annotation)
-
-
-def _type_name(annotation) -> str:
-    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-
-
-def _build_section(cls, values: dict, where: str):
-    hints = typing.get_type_hints(cls)
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    values = dict(values)
-    for key, value in values.items():
-        if key not in known:
-            raise ParamsError(f"{where}.{key}: unknown key; known keys: {', '.join(known)}")
-        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
-            # YAML 1.1 reads 3e-4 (no dot) as a string; accept what float() accepts
-            try:
-                values[key] = value = float(value)
-            except ValueError:
-                pass
-        if not _type_ok(value, hints[key]):
-            raise ParamsError(f"{where}.{key}: expected {_type_name(hints[key])}, "
-                              f"got {value!r} ({type(value).__name__})")
-        check = known[key].metadata["check"]
-        if check and not check[0](value):
-            message = check[1]() if callable(check[1]) else check[1]
-            raise ParamsError(f"{where}.{key}: {message}, got {value!r}")
-    return cls(**values)
+    return build_section(cls, given, f"notebook parameters: {section}")
 
 
 def _parse_override(text: str) -> tuple[str, str, Any]:
@@ -430,7 +390,7 @@ def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Pa
         values = raw.get(name) or {}
         if not isinstance(values, dict):
             raise ParamsError(f"{source}: {name}: expected a mapping, got {values!r}")
-        built[name] = _build_section(cls, values, f"{source}: {name}")
+        built[name] = build_section(cls, values, f"{source}: {name}")
     params = Params(**built)
     check_across_sections(params, source)
     return params

@@ -6,7 +6,10 @@ and the higher folders' own sections (distill.speech.params, distill.studies.par
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -124,3 +127,44 @@ def register_section(cls: type, check=None) -> None:
     if STUDY_SECTIONS.get(name, (cls,))[0] is not cls:
         raise ValueError(f"params section {name} is registered twice")
     STUDY_SECTIONS[name] = (cls, check)
+
+
+def _type_ok(value, annotation) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:  # YAML writes 1 for 1.0; accept ints, never bools
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, annotation)
+
+
+def _type_name(annotation) -> str:
+    return str(annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+
+def build_section(cls, values: dict, where: str):
+    """`cls` (a section's dataclass) from `values`, each key checked: known, of its
+    declared type, and passing its own check. ParamsError names `where` and the key."""
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = dict(values)
+    for key, value in values.items():
+        if key not in known:
+            raise ParamsError(f"{where}.{key}: unknown key; known keys: {', '.join(known)}")
+        if isinstance(value, str) and float in typing.get_args(hints[key]) + (hints[key],):
+            # YAML 1.1 reads 3e-4 (no dot) as a string; accept what float() accepts
+            try:
+                values[key] = value = float(value)
+            except ValueError:
+                pass
+        if not _type_ok(value, hints[key]):
+            raise ParamsError(f"{where}.{key}: expected {_type_name(hints[key])}, "
+                              f"got {value!r} ({type(value).__name__})")
+        check = known[key].metadata["check"]
+        if check and not check[0](value):
+            message = check[1]() if callable(check[1]) else check[1]
+            raise ParamsError(f"{where}.{key}: {message}, got {value!r}")
+    return cls(**values)
