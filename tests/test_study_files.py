@@ -101,7 +101,7 @@ def test_a_study_folder_goes_on_with_its_parameters(tmp_path):
      "also a candidate or the control"),
     ({"n_prompts": 0}, "provenance.n_prompts", "> 0"),
     ({"alpha": 1.5}, "provenance.alpha", "between 0 and 1"),
-    ({"dtype": "fp8"}, "provenance.dtype", "float32"),
+    ({"dtype": "fp8"}, "provenance.dtype", "fp32, bf16 or fp16"),
     ({"no_such_setting": 1}, "provenance.no_such_setting", "unknown key"),
 ])
 def test_provenance_arguments_are_checked_before_any_model(tmp_path, given, key, message):
