@@ -361,20 +361,25 @@ def _parse_override(text: str) -> tuple[str, str, Any]:
     return section, key, yaml.safe_load(raw) if raw else None
 
 
+def read_mapping(path: str | Path, kind: str, of: str) -> dict:
+    """A YAML file holding a mapping (a params or study file). ParamsError names the file
+    when it is missing, not YAML, or not a mapping (`of` says of what)."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: no such {kind}") from None
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(loaded, dict):
+        raise ParamsError(f"{path}: expected a mapping of {of}")
+    return loaded
+
+
 def load_params(path: str | Path | None = None, overrides: list[str] = ()) -> Params:
     """Read a params YAML (or defaults when path is None), apply `section.key=value`
     overrides, and validate every key. Raises ParamsError naming file and key."""
     source = str(path) if path else "<defaults>"
-    raw: dict = {}
-    if path:
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ParamsError(f"{source}: no such params file") from None
-        except yaml.YAMLError as error:
-            raise ParamsError(f"{source}: not valid YAML: {error}") from None
-        if not isinstance(raw, dict):
-            raise ParamsError(f"{source}: expected a mapping of sections {list(SECTIONS)}")
+    raw = read_mapping(path, "params file", f"sections {list(SECTIONS)}") if path else {}
     for text in overrides:
         section, key, value = _parse_override(text)
         raw.setdefault(section, {})

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
-from ..core.params import ParamsError, load_section
+from ..core.params import ParamsError, load_section, read_mapping
 from ..core.runs import MANIFEST, read_json
 
 # A study (a study file's `study:`, a folder's manifest) -> the params section it reads
@@ -35,14 +33,7 @@ def load_study(path: str | Path, overrides: dict) -> tuple[str, object, Path | N
         study = manifest.get("study", "provenance")  # the first studies recorded none
         values, folder = {**manifest["parameters"], **overrides}, path
     else:
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise ParamsError(f"{path}: no such study file") from None
-        except yaml.YAMLError as error:
-            raise ParamsError(f"{path}: not valid YAML: {error}") from None
-        if not isinstance(values, dict):
-            raise ParamsError(f"{path}: expected a mapping of a study's parameters")
+        values = read_mapping(path, "study file", "a study's parameters")
         study, values, folder = values.pop("study", "provenance"), {**values, **overrides}, None
     if study not in SECTIONS:
         raise ParamsError(f"{path}: study: {study!r} is not one of {', '.join(SECTIONS)}")
