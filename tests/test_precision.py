@@ -13,6 +13,24 @@ def test_probe_times_both_formats_quickly():
         figures["bf16_gflops"] / figures["fp32_gflops"], rel=0.01)
 
 
+
+def test_probe_stops_timing_an_emulated_bf16_before_it_costs_seconds(monkeypatch):
+    """Emulated bf16 runs up to 90x slower: the LM head's product alone would take
+    seconds. At 50x slower, the probe stops after the shapes that fit its budget."""
+    timed = []
+
+    def seconds(dtype, shape, budget_s):
+        timed.append((dtype, shape))
+        per_flop = 1e-11 * (50 if dtype == torch.bfloat16 else 1)
+        return 2.0 * shape[0] * shape[1] * shape[2] * per_flop
+
+    monkeypatch.setattr(precision, "_seconds_per_product", seconds)
+    figures = precision.probe()
+    bf16_shapes = [shape for dtype, shape in timed if dtype == torch.bfloat16]
+    assert bf16_shapes and (32, 576, 49152) not in bf16_shapes  # the LM head: not in bf16
+    assert figures["shapes_timed"] == len(bf16_shapes) < len(precision.SHAPES)
+    assert figures["bf16_speedup"] == pytest.approx(1 / 50)
+
 @pytest.mark.parametrize("speedup,expected", [(4.0, "bf16"), (1.6, "bf16"), (1.4, "fp32"),
                                               (0.05, "fp32")])
 def test_auto_picks_bf16_only_where_it_is_clearly_faster(monkeypatch, speedup, expected):
