@@ -54,6 +54,34 @@ def teacher_tokenizer():
     return load_tokenizer(resolve_model_path("smollm2-135m-instruct"))
 
 
+
+# The studies' end-to-end tests run every step (sampling, pruning, training, scoring) on
+# this teacher: the embedded teacher's tokenizer and chat template on a body small
+# enough that a study takes seconds of compute, not minutes. Its MLP is wide so that a
+# student of TINY_TEACHER_STUDENT_SIZE of it can be pruned by width (its embedding is
+# most of its parameters). Random weights: the studies' figures mean nothing at smoke
+# size either way; the smoke run (`smoke_run`) keeps the real teacher.
+TINY_TEACHER = {"hidden_size": 64, "intermediate_size": 1024, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "num_key_value_heads": 2,
+                "max_position_embeddings": 2048, "tie_word_embeddings": True}
+TINY_TEACHER_STUDENT_SIZE = 0.9
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory, teacher_tokenizer) -> str:
+    """The folder of a tiny, seeded, random Llama with the embedded teacher's tokenizer
+    (4 M parameters, 3 M of them the embedding): `teacher: <this folder>` in a study."""
+    tokenizer = teacher_tokenizer
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        **TINY_TEACHER))
+    folder = tmp_path_factory.mktemp("tiny-teacher")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
 class MiniTokenizer:
     """The least a tokenizer must provide for `distill.teachers.local.generate`: left
     padding to tensors, an EOS id and a pad id."""

@@ -1,12 +1,14 @@
 """End to end: the teacher-drift study (notebook 07) and one tiny generation loop of the
 recursive-collapse study (notebook 08), each from its smoke study file through
-`distill study`, into a folder with the executed notebook, its tables and figures."""
+`distill study`, into a folder with the executed notebook, its tables and figures. Both
+on the tiny teacher (conftest.tiny_teacher): every step runs, in seconds of compute."""
 
 import json
 
 import pandas as pd
 import pytest
 
+from conftest import TINY_TEACHER_STUDENT_SIZE
 from distill import cli
 from distill.pipeline import run_study
 from distill.studies.runner import SUMMARY
@@ -15,9 +17,10 @@ pytestmark = pytest.mark.e2e
 STUDIES = "params/studies"
 
 
-def test_drift_study_measures_the_curve_and_the_arms(tmp_path, capsys):
+def test_drift_study_measures_the_curve_and_the_arms(tmp_path, capsys, tiny_teacher):
     assert cli.main(["study", f"{STUDIES}/teacher_drift_smoke.yaml",
-                     "--set", f"output_dir={tmp_path}"]) == 0
+                     "--set", f"output_dir={tmp_path}", "--set", f"teacher={tiny_teacher}",
+                     "--set", f"student_size={TINY_TEACHER_STUDENT_SIZE}"]) == 0
     (folder,) = tmp_path.glob("teacher_drift_smoke-*")
     curve = pd.read_csv(folder / "drift_curve.csv")
     assert curve["drift_steps"].tolist() == [0, 2]
@@ -35,8 +38,10 @@ def test_drift_study_measures_the_curve_and_the_arms(tmp_path, capsys):
     assert manifest["stages"]["07_teacher_drift"]["status"] == "done"
 
 
-def test_collapse_study_runs_generations_and_resumes_without_training(tmp_path):
-    folder = run_study(f"{STUDIES}/recursive_collapse_smoke.yaml", {"output_dir": str(tmp_path)})
+def test_collapse_study_runs_generations_and_resumes_without_training(tmp_path, tiny_teacher):
+    folder = run_study(f"{STUDIES}/recursive_collapse_smoke.yaml",
+                       {"output_dir": str(tmp_path), "teacher": tiny_teacher,
+                        "student_size": TINY_TEACHER_STUDENT_SIZE})
     table = pd.read_csv(folder / "collapse_generations.csv")
     assert len(table) == 3 * 3  # 3 conditions x (G0 + 2 generations), one seed
     assert table["perplexity"].gt(1).all() and table["rare_mass"].between(0, 1).all()

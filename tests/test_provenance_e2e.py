@@ -8,6 +8,8 @@ import sys
 import pandas as pd
 import pytest
 
+from conftest import TINY_TEACHER_STUDENT_SIZE
+
 pytestmark = pytest.mark.e2e
 
 
@@ -45,14 +47,15 @@ def test_provenance_command_refuses_a_model_it_cannot_load(tmp_path):
     assert not list(tmp_path.glob("provenance-*"))  # nothing written
 
 
-def test_provenance_study_at_smoke_size(tmp_path, monkeypatch):
-    """Notebook 06 end to end: both teachers sample (T under the watermark), every arm
-    trains its students from one shared initialisation, and every test gets a p-value
-    per student, a summary and the figure."""
+def test_provenance_study_at_smoke_size(tmp_path, monkeypatch, tiny_teacher):
+    """Notebook 06 end to end, on the tiny teacher (conftest.tiny_teacher): both teachers
+    sample (T under the watermark), every arm trains its students from one shared
+    initialisation, and every test gets a p-value per student, a summary and the figure."""
     monkeypatch.setenv("DISTILL_WATERMARK_KEY", "a secret study key")
     result = subprocess.run(
         [sys.executable, "-m", "distill.cli", "provenance-study",
-         "params/studies/provenance_study_smoke.yaml", "--set", f"output_dir={tmp_path}"],
+         "params/studies/provenance_study_smoke.yaml", "--set", f"output_dir={tmp_path}",
+         "--set", f"teacher={tiny_teacher}", "--set", f"student_size={TINY_TEACHER_STUDENT_SIZE}"],
         capture_output=True, text=True, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     (folder,) = tmp_path.glob("provenance_study_smoke-*")
