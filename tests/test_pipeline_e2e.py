@@ -83,14 +83,16 @@ def test_rerunning_evaluation_gives_identical_metrics(smoke_run):
 
 
 def test_training_on_two_processes_from_the_smoke_samples(smoke_run, tmp_path):
-    """Stage 02 again (alone: --to 02) on the smoke run's samples with processes=2:
-    notebook 02 launches `accelerate launch -m distill.training`, the children reuse the
-    run's precision (no second probe) and train on the same global batches."""
+    """Stage 02 again (alone: --to 02) on the smoke run's samples with processes=2, from
+    the recipe auto chose there (width: the recipes are not scored again): notebook 02
+    launches `accelerate launch -m distill.training`, the children reuse the run's
+    precision (no second probe) and train on the same global batches."""
     folder = tmp_path / "two"
     shutil.copytree(smoke_run / "samples", folder / "samples")
     for name in ("params.yaml", "manifest.json"):
         shutil.copy(smoke_run / name, folder / name)
-    run_pipeline(folder, ["student_training.processes=2"], from_stage="02", to_stage="02")
+    run_pipeline(folder, ["student_training.processes=2", "student_training.prune_recipe=width"],
+                 from_stage="02", to_stage="02")
     assert not (folder / "metrics.json").exists()  # stage 03 did not run
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["precision"] == json.loads((smoke_run / "manifest.json").read_text())[
