@@ -44,10 +44,10 @@ smoke: env        ## the whole pipeline with tiny budgets (~2 min)
 	$(BIN)/distill run params/smoke.yaml
 
 test: env         ## unit tests, then the end-to-end papermill run of params/smoke.yaml
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 test-unit: env
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not e2e"
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile -m "not e2e"
 
 lab: env
 	$(BIN)/jupyter lab notebooks/

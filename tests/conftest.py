@@ -13,18 +13,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 # processes competing for the two cores).
 torch.set_num_threads(1)
 if os.environ.get("PYTEST_XDIST_WORKER"):
-    # `make test` runs a worker per core: each worker's notebooks and subprocesses take
-    # one core too, rather than two workers' threads spinning against each other.
+    # `make test` runs a worker per core (pytest-xdist, a test file whole on one worker,
+    # so a module's shared run is made once; the smoke run's readers are all in
+    # test_pipeline_e2e.py): each worker's notebooks and subprocesses take one core,
+    # rather than two workers' threads spinning against each other.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-
-def pytest_collection_modifyitems(items):
-    """Groups for `pytest -n N --dist loadgroup` (`make test`): a test file goes to one
-    worker whole, so that a module's shared run is made once, and so do all the tests
-    that read the smoke run, whichever file they are in."""
-    for item in items:
-        group = "smoke_run" if "smoke_run" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
 
 TINY_CONFIG = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64,
                "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -135,3 +135,27 @@ def test_cli_reports_bad_params_and_failed_stage(tmp_path):
     assert "stage teacher_sampling failed" in result.stderr
     assert "01_teacher_sampling.ipynb" in result.stderr
     assert "heldout_size" in result.stderr
+
+
+def test_provenance_command_writes_a_verdict(smoke_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMOKE_MARK", "a secret watermark key")
+    init = smoke_run / "student_init"
+    result = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "provenance", str(smoke_run),
+         "--candidate", "smollm2-135m-instruct", "--control", str(init), "--reference", str(init),
+         "--n-prompts", "12", "--watermark-key-env", "SMOKE_MARK", "--output-dir", str(tmp_path),
+         "--set", "max_new_tokens=12", "--set", "permutations=999"],
+        capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (folder,) = tmp_path.glob("provenance-*")
+    table = pd.read_csv(folder / "provenance.csv")
+    assert list(table["test"]) == ["output agreement", "likelihood", "watermark"]
+    assert table["p_value"].between(0, 1).all()  # every test ran and gave a p-value
+    assert "output agreement" in result.stdout  # the table is printed
+    # the smoke student never saw watermarked text: no detection of the key
+    assert table.set_index("test").loc["watermark", "p_value"] > 1e-3
+    assert (folder / "05_provenance.ipynb").exists() and (folder / "answers").is_dir()
+    manifest = (folder / "manifest.json").read_text()
+    assert json.loads(manifest)["stages"]["05_provenance"]["status"] == "done"
+    executed = (folder / "05_provenance.ipynb").read_text()
+    assert "a secret watermark key" not in manifest + executed
