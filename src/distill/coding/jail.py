@@ -121,7 +121,10 @@ def loaded_libraries() -> set[str]:
 
 def private_root(config: dict) -> None:
     """Steps 3: build the answer's root in `config["folder"]` and pivot into it."""
-    root, uid = config["folder"], config["uid"] if config["uid"] is not None else os.geteuid()
+    root = config["folder"]
+    # the answer's uid owns its folder: the run's uid as root, our own in a user namespace
+    as_root = os.geteuid() == 0 and config["uid"] is not None
+    uid, gid = (config["uid"], config["gid"]) if as_root else (os.geteuid(), os.getegid())
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we mount leaks to the host
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for path in sorted({config["prefix"], *loaded_libraries(), *config["also_expose"]}):
@@ -133,7 +136,7 @@ def private_root(config: dict) -> None:
         mount(f"/dev/{device}", f"{root}/dev/{device}", None, MS_BIND)
     os.makedirs(root + "/work")
     mount("tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV,
-          f"size={config['folder_mb']}m,mode=700,uid={uid},gid={uid}")
+          f"size={config['folder_mb']}m,mode=700,uid={uid},gid={gid}")
     os.makedirs(root + "/proc")
     try:  # a /proc of this PID namespace; refused in a user namespace where the host's is masked
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
