@@ -85,6 +85,8 @@ def test_every_built_in_task_passes_its_solution_and_fails_an_empty_body():
 def test_tests_become_observations_without_their_expected_values():
     tests = ("x = [3, 1]\n"
              "assert f(x) == 'secret-1' and f([]) is None\n"
+             "expected = 'secret-3'\n"
+             "assert f(2) == expected\n"
              "assert not g(2)\n"
              "assert h(1) == [2] * 3\n"
              "for bad in ['a', 'b']:\n"
@@ -97,8 +99,8 @@ def test_tests_become_observations_without_their_expected_values():
     converted = observe.convert(tests)
     assert "secret" not in converted.probe and "assert" not in converted.probe
     assert [(o.line, o.expected, o.raises) for o in converted.observations] == [
-        (2, "secret-1", ()), (2, None, ()), (3, False, ()), (4, [2, 2, 2], ()),
-        (6, None, (ValueError, KeyError)), (6, None, (ValueError, KeyError))]
+        (2, "secret-1", ()), (2, None, ()), (4, "secret-3", ()), (5, False, ()),
+        (6, [2, 2, 2], ()), (8, None, (ValueError, KeyError)), (8, None, (ValueError, KeyError))]
     assert "bad = 'b'" in converted.probe  # the loop is unrolled: a fixed count of reports
 
 

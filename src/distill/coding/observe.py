@@ -53,11 +53,13 @@ class Converted:
     observations: tuple[Observation, ...]
 
 
-def literal(node: ast.AST):
+def literal(node: ast.AST, names: dict | None = None):
     """The value of a literal expression (`ast.literal_eval`, plus `+` and `*` of literals,
-    as in `[2] * 10`); Unsupported where it is not one."""
+    as in `[2] * 10`, and `names` bound once to a literal); Unsupported where it is not one."""
+    if isinstance(node, ast.Name) and node.id in (names or {}):
+        return names[node.id]
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-        left, right = literal(node.left), literal(node.right)
+        left, right = literal(node.left, names), literal(node.right, names)
         if isinstance(node.op, ast.Mult) and any(type(side) is int and side > LITERAL_SIZE
                                                  for side in (left, right)):
             raise Unsupported("a literal too large to expand")
@@ -71,9 +73,9 @@ def literal(node: ast.AST):
         raise Unsupported(f"not a literal: {ast.unparse(node)}") from None
 
 
-def _is_literal(node: ast.AST) -> bool:
+def _is_literal(node: ast.AST, names: dict | None = None) -> bool:
     try:
-        literal(node)
+        literal(node, names)
         return True
     except Unsupported:
         return False
@@ -104,9 +106,23 @@ def _report(kind: str, number: int, *args: ast.expr) -> ast.stmt:
     return ast.Expr(call)
 
 
+def _constants(tree: ast.Module) -> dict:
+    """Names the tests bind once, at the top, to a literal (`expected = [1, 2]`): compared
+    with, they are expected values like the literal itself."""
+    stores = [n.id for n in ast.walk(tree) if isinstance(n, ast.Name)
+              and isinstance(n.ctx, (ast.Store, ast.Del))]
+    found = {}
+    for stmt in tree.body:
+        target = stmt.targets[0] if isinstance(stmt, ast.Assign) else None
+        if len(getattr(stmt, "targets", ())) == 1 and isinstance(target, ast.Name) \
+                and stores.count(target.id) == 1 and _is_literal(stmt.value):
+            found[target.id] = literal(stmt.value)
+    return found
+
+
 class _Converter:
-    def __init__(self, lines: list[str]):
-        self.lines, self.observations = lines, []
+    def __init__(self, lines: list[str], names: dict):
+        self.lines, self.observations, self.names = lines, [], names
 
     def source(self, node: ast.AST) -> str:
         return self.lines[node.lineno - 1].strip() if node.lineno <= len(self.lines) else ""
@@ -123,12 +139,13 @@ class _Converter:
         if isinstance(test, ast.Compare) and len(test.ops) == 1 \
                 and isinstance(test.ops[0], (ast.Eq, ast.Is)):
             left, right = test.left, test.comparators[0]
-            if _is_literal(left) and not _is_literal(right):
+            names = self.names
+            if _is_literal(left, names) and not _is_literal(right, names):
                 left, right = right, left
-            if _is_literal(right) and not _is_literal(left) and (
+            if _is_literal(right, names) and not _is_literal(left, names) and (
                     isinstance(test.ops[0], ast.Eq)
-                    or any(literal(right) is one for one in (None, True, False))):
-                return [_report("value", self.observe(stmt, literal(right)), left)]
+                    or any(literal(right, names) is one for one in (None, True, False))):
+                return [_report("value", self.observe(stmt, literal(right, names)), left)]
         return [_report("value", self.observe(stmt, True), test)]
 
     def statements(self, body: list[ast.stmt]) -> list[ast.stmt]:
@@ -168,10 +185,16 @@ def convert(tests: str) -> Converted:
         tree = ast.parse(tests)
     except SyntaxError as error:
         raise Unsupported(f"not valid Python ({error.msg}, line {error.lineno})") from None
-    converter = _Converter(tests.splitlines())
+    converter = _Converter(tests.splitlines(), _constants(tree))
     body = converter.statements(tree.body)
     if not converter.observations:
         raise Unsupported("no assert to observe")
+    # a constant used only as an expected value leaves the probe with its value
+    used = {n.id for stmt in body for n in ast.walk(stmt)
+            if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
+    body = [stmt for stmt in body if not (
+        isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name)
+        and stmt.targets[0].id in converter.names and stmt.targets[0].id not in used)]
     module = ast.fix_missing_locations(ast.Module(body, type_ignores=[]))
     return Converted(ast.unparse(module) + "\n", tuple(converter.observations))
 
