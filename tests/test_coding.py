@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distill.coding import judge, observe, probe, sandbox, tasks
+from distill.coding import cleanup, judge, observe, probe, sandbox, tasks
 from distill.lm import data
 
 QUICK = sandbox.Limits(timeout_s=2.0)
@@ -305,8 +305,17 @@ def test_the_probe_finds_every_mechanism_holding_here_as_root():
     found = probe.mechanisms(QUICK)
     assert {name for name, row in found.items() if not row["holds"]} == set()
     assert set(found) == {"network", "unix sockets", "files seen", "file writes", "folder",
-                          "totals", "user", "capabilities", "processes", "environment", "limits"}
+                          "totals", "cleanup", "user", "capabilities", "processes",
+                          "environment", "limits"}
     assert "network namespace" in found["network"]["how"]
     assert "PID namespace" in found["processes"]["how"]
     assert "tmpfs" in found["folder"]["how"]
     assert probe.warn(QUICK) == []  # nothing to warn of
+
+
+def test_the_probe_sees_a_run_left_behind(monkeypatch):
+    monkeypatch.setattr(sandbox, "remove_tree", lambda path: None)  # a cleanup that fails
+    found = probe.mechanisms.__wrapped__(QUICK)  # measured afresh, not the cached table
+    assert not found["cleanup"]["holds"] and "left behind" in found["cleanup"]["how"]
+    for left in found["cleanup"]["how"].split("left behind in ")[1].strip("[]").split(", "):
+        cleanup.remove_tree(Path(left.strip("'")))

@@ -2,7 +2,8 @@
 every answer (`sandbox.run`) and tries what an attacker would: reach the host's network,
 Unix sockets (a file and an abstract name the parent listens on), files outside its root
 (the project, a file in the system's temporary folder, /etc/passwd), write outside its
-folder; it reports its uid, capabilities, PIDs, cgroups, folder size and environment.
+folder, leave a tree no recursive cleanup removes; it reports its uid, capabilities,
+PIDs, cgroups, folder size and environment.
 `mechanisms()` turns that into a table, `describe()` into lines to print; `warn()` says
 loudly, once, what does not hold, before any answer runs."""
 
@@ -45,6 +46,12 @@ facts["status"] = {{k: v for k, v in (line.split(":", 1) for line in open("/proc
 facts["pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) \\
     if os.path.isdir("/proc") else []
 facts["cgroup"] = open("/proc/self/cgroup").read() if os.path.exists("/proc/self/cgroup") else ""
+here = os.getcwd()
+for _ in range(1000):  # a tree shutil.rmtree cannot remove, and a folder closed to its owner
+    os.mkdir("d")
+    os.chdir("d")
+os.chmod(".", 0)
+os.chdir(here)
 print("PROBE" + json.dumps(facts))
 def probe():
     return 0
@@ -78,14 +85,26 @@ def _facts(limits: sandbox.Limits) -> dict:
         code = PROBE.format(port=server.getsockname()[1], path=str(Path(outside) / "socket"),
                             abstract=abstract, outside=str(Path(outside) / "escaped.txt"),
                             reads=reads)
+        before = set(Path(tempfile.gettempdir()).glob("distill-sandbox-*"))
         outcome = sandbox.run(code, "assert probe() == 0\n", limits)
+        left = [str(folder) for folder in  # this run's, not another process's
+                set(Path(tempfile.gettempdir()).glob("distill-sandbox-*")) - before
+                if abstract[1:] in _read(folder / "config.json")]
         line = next((x for x in outcome.output.splitlines() if x.startswith("PROBE")), None)
         if not outcome.passed or line is None:
             raise sandbox.SandboxError(f"the sandbox probe did not run: {outcome.kind} "
                                        f"{outcome.detail} {outcome.output[-300:]}")
         facts = json.loads(line[len("PROBE"):])
         facts["escaped"] = (Path(outside) / "escaped.txt").exists()
+        facts["left"] = left
     return facts
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 @functools.lru_cache(maxsize=4)
@@ -123,6 +142,9 @@ def mechanisms(limits: sandbox.Limits = DEFAULT) -> dict[str, dict]:
                            if parents is not None and in_group else
                            f"{version if parents is None else 'its processes are not in it'}:"
                            " memory is limited per process only")},
+        "cleanup": {"holds": not facts["left"],
+                    "how": "a 1,000-deep tree with a closed folder: "
+                           + (f"left behind in {facts['left']}" if facts["left"] else "removed")},
         "user": {"holds": own_uid or not root,
                  "how": f"uid {facts['uid']}" + (" (unprivileged)" if own_uid else
                                                  " (root: the process limit does not hold)"
