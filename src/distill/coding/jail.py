@@ -19,7 +19,8 @@ system refuses it (`probe.mechanisms` measures which held, rather than trusting 
    of the host (the project, /tmp, home folders, other runs, socket files) is there.
 4. In the answer's process: `resource` limits, then (as root) an unprivileged uid, no
    capabilities, no new privileges, a Landlock domain (writes only beneath the folder, no
-   TCP, no abstract sockets or signals outside), then `harness.py` run in this process.
+   TCP, no abstract sockets or signals outside), a seccomp filter that refuses Unix
+   sockets, then `harness.py` run in this process.
 
 The exit status is the answer process's; 128 + N where signal N killed it.
 """
@@ -37,8 +38,10 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 PR_SET_NO_NEW_PRIVS = 38
 # the syscalls Python has no wrapper for; Landlock's numbers are the same on every arch
-SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126},
-            "aarch64": {"pivot_root": 41, "capset": 91}}.get(platform.machine(), {})
+SYSCALLS = {"x86_64": {"pivot_root": 155, "capset": 126, "socket": 41, "arch": 0xC000003E},
+            "aarch64": {"pivot_root": 41, "capset": 91, "socket": 198, "arch": 0xC00000B7},
+            }.get(platform.machine(), {})
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, AF_UNIX, EPERM = 22, 2, 1, 1
 SYS_LANDLOCK_CREATE_RULESET, SYS_LANDLOCK_ADD_RULE, SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 # Landlock's write-side file-system rights (uapi/linux/landlock.h)
 WRITE_RIGHTS_ABI1 = (1 << 1) | (1 << 4) | (1 << 5) | sum(1 << bit for bit in range(6, 13))
@@ -174,6 +177,36 @@ def drop_privileges(config: dict) -> None:
     call(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
 
 
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                ("k", ctypes.c_uint32)]
+
+
+class SockProgram(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def no_unix_sockets() -> None:
+    """A seccomp filter: socket(AF_UNIX, ...) fails with EPERM, so no Unix socket, by file
+    or abstract name, can be connected to even where the namespaces did not hold
+    (socketpair, which multiprocessing uses, stays allowed). Syscalls of another ABI (i386's
+    socketcall, x32) fail too: they could make a socket the filter does not see."""
+    load, jump_eq, jump_ge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | EPERM
+    program = [(load, 0, 0, 4),  # the ABI (seccomp_data.arch)
+               (jump_eq, 0, 6, SYSCALLS["arch"]),
+               (load, 0, 0, 0),  # the syscall number
+               (jump_ge, 4, 0, 0x40000000),  # x32
+               (jump_eq, 0, 2, SYSCALLS["socket"]),
+               (load, 0, 0, 16),  # socket's first argument, the family (low 32 bits)
+               (jump_eq, 1, 0, AF_UNIX),
+               (ret, 0, 0, allow),
+               (ret, 0, 0, deny)]
+    filters = (SockFilter * len(program))(*[SockFilter(*step) for step in program])
+    prog = SockProgram(len(program), filters)
+    call(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
+
+
 def landlock(folder: str) -> None:
     """Writes only beneath `folder`; no TCP bind or connect (ABI 4+); no signals to or
     abstract sockets of processes outside the domain (ABI 6+). Nothing where the kernel
@@ -227,6 +260,8 @@ def run_answer(config: dict, harness: str) -> None:
         set_limits(config)
         drop_privileges(config)
         landlock(config["folder"])
+        if SYSCALLS:
+            no_unix_sockets()
         os.closerange(3, 1 << 16)
         namespace = {"__name__": "harness"}
         exec(compile(harness, "harness.py", "exec"), namespace)
