@@ -2,6 +2,7 @@
 tables, and the sandbox: each way model-written code can misbehave is contained and
 recorded as its failure kind, and the runs after it go on."""
 
+import ast
 import json
 import math
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from distill.coding import judge, sandbox, tasks
+from distill.coding import cleanup, judge, observe, probe, sandbox, tasks
 from distill.lm import data
 
 QUICK = sandbox.Limits(timeout_s=2.0)
@@ -35,28 +36,116 @@ def test_the_built_in_set_has_150_tasks_of_8_kinds_each_with_3_asserts():
         assert code["tests"] not in prompt["messages"][-1]["content"]  # never the tests
 
 
+HARNESS_RUNNER = """
+import json, os, sys
+harness = {"__name__": "harness"}
+exec(open(sys.argv[1]).read(), harness)
+texts = []
+for solution, probe in json.load(sys.stdin):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the harness's own process, as in the sandbox, without the confinement
+        os.close(read)
+        os.dup2(write, 1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        harness["main"](solution, probe)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as reports:
+        texts.append(reports.read())
+    os.waitpid(pid, 0)
+print(json.dumps(texts))
+"""
+
+
+def harness_reports(jobs: list[tuple[str, str]]) -> list[str]:
+    """What harness.py reports for each (solution, probe), run in plain forked processes of
+    one small interpreter (fast; the sandbox path is tested below)."""
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", HARNESS_RUNNER,
+                           str(sandbox.HERE / "harness.py")], input=json.dumps(jobs),
+                          capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(done.stdout)
+
+
 def test_every_built_in_task_passes_its_solution_and_fails_an_empty_body():
-    """All 160 in one plain subprocess (fast); the sandbox path is tested below."""
+    """All 160, judged as the sandbox judges: the probe's reports against the observations
+    (the expected values never enter the answer's process)."""
     rows = [json.loads(line)
             for line in data.builtin_path("code_tasks.jsonl").read_text().splitlines()]
-    script = """
-import json, sys
-bad = []
-for row in json.load(sys.stdin):
-    empty = row["prompt"] + "    pass\\n"
-    for code, should_pass in ((row["canonical_solution"], True), (empty, False)):
-        try:
-            exec(code + "\\n" + row["tests"], {"__name__": "solution"})
-            passed = True
-        except Exception:
-            passed = False
-        if passed != should_pass:
-            bad.append((row["id"], should_pass))
-print(json.dumps(bad))
-"""
-    done = subprocess.run([sys.executable, "-I", "-c", script], input=json.dumps(rows),
-                          capture_output=True, text=True, timeout=60, check=True)
-    assert json.loads(done.stdout) == []
+    converted = [observe.convert(row["tests"]) for row in rows]
+    jobs = [(code, c.probe) for row, c in zip(rows, converted)
+            for code in (row["canonical_solution"], row["prompt"] + "    pass\n")]
+    texts = harness_reports(jobs)
+    for index, (row, c) in enumerate(zip(rows, converted)):
+        assert observe.verdict(texts[2 * index], c.observations) == ("passed", ""), row["id"]
+        assert observe.verdict(texts[2 * index + 1], c.observations)[0] != "passed", row["id"]
+        assert not [n for n in ast.walk(ast.parse(c.probe)) if isinstance(n, ast.Assert)]
+
+
+def test_tests_become_observations_without_their_expected_values():
+    tests = ("x = [3, 1]\n"
+             "assert f(x) == 'secret-1' and f([]) is None\n"
+             "expected = 'secret-3'\n"
+             "assert f(2) == expected\n"
+             "assert not g(2)\n"
+             "assert h(1) == [2] * 3\n"
+             "for bad in ['a', 'b']:\n"
+             "    try:\n"
+             "        f(bad)\n"
+             "    except (ValueError, KeyError):\n"
+             "        pass\n"
+             "    else:\n"
+             "        raise AssertionError('secret-2')\n")
+    converted = observe.convert(tests)
+    assert "secret" not in converted.probe and "assert" not in converted.probe
+    assert [(o.line, o.expected, o.raises) for o in converted.observations] == [
+        (2, "secret-1", ()), (2, None, ()), (4, "secret-3", ()), (5, False, ()),
+        (6, [2, 2, 2], ()), (8, None, (ValueError, KeyError)), (8, None, (ValueError, KeyError))]
+    assert "bad = 'b'" in converted.probe  # the loop is unrolled: a fixed count of reports
+
+
+@pytest.mark.parametrize("observed, expected, same", [
+    (1, True, False), (True, 1, False), (0, False, False), (2, 2.0, True),
+    (0.1 + 0.2, 0.3, True), (0.3001, 0.3, False), ("a", "a", True), ([1], (1,), False),
+    ({1: "a"}, {True: "a"}, False), ({"k": [1, 2]}, {"k": [1, 2]}, True),
+    ({(1, "a")}, {(1, "a")}, True), (None, 0, False), (float("nan"), float("nan"), False),
+])
+def test_observed_values_compare_type_strictly(observed, expected, same):
+    assert observe.same(observed, expected) is same
+
+
+@pytest.mark.parametrize("tests, says", [
+    ("while True:\n    assert f() == 1\n", "line 1: While"),
+    ("for i in range(3):\n    assert f(i) == 1\n", "line 1: For"),
+    ("x = 1\n", "no assert"),
+    ("try:\n    f()\nexcept MyError:\n    pass\nelse:\n    raise AssertionError\n",
+     "built-in exception"),
+])
+def test_tests_without_an_observation_form_are_refused(tmp_path, tests, says):
+    with pytest.raises(observe.Unsupported, match=says):
+        observe.convert(tests)
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"prompt": "def f():\n", "entry_point": "f",
+                                "tests": tests + "assert f() == 1\n"}) + "\n")
+    if says != "no assert":  # the row is refused at load, naming it and the reason
+        with pytest.raises(data.PromptError, match=f"mine.jsonl: row 1: .*{says}"):
+            data.load_prompts(str(path))
+
+
+@pytest.mark.parametrize("reports, kind", [
+    ('{"n": 0, "value": ["int", "3"]}\n{"end": true}\n', "passed"),
+    ('{"n": 0, "value": ["bool", true]}\n{"end": true}\n', "assertion"),
+    ('{"end": true}\n', "exception"),  # an end before the observations
+    ('{"n": 0, "not_plain": "Always"}\n', "assertion"),
+    ('{"n": 1, "value": ["int", "3"]}\n{"end": true}\n', "exception"),
+    ('{"n": 0, "value": ["int", "3"]}\n', None),  # no end: the exit status says why
+    ("garbage\n", "exception"),
+    ('{"stop": "passed", "detail": "x"}\n', "exception"),  # a stop is never a pass
+])
+def test_the_verdict_trusts_no_report_it_cannot_check(reports, kind):
+    observations = observe.convert("assert add(1, 2) == 3\n").observations
+    judged = observe.verdict(reports, observations)
+    assert (judged[0] if judged else None) == kind
 
 
 def test_the_split_is_deterministic_and_keeps_the_tests():
@@ -148,16 +237,13 @@ def test_the_judge_tables():
 
 @pytest.mark.parametrize("code, kind, detail", [
     ("def add(a, b):\n    return a + b\n", "passed", ""),
-    ("def add(a, b):\n    return a - b\n", "assertion", "tests.py line 1: assert add(1, 2) == 3"),
+    ("def add(a, b):\n    return a - b\n", "assertion",
+     "tests line 1: assert add(1, 2) == 3: got -1"),
     ("def add(a, b)\n    return a + b\n", "syntax_error", "SyntaxError"),
     ("def add(a, b):\n    return a / 0\n", "exception", "ZeroDivisionError"),
     ("import sys\nsys.exit(0)\n", "exception", "SystemExit"),
     ("import os\nos._exit(0)\n", "exception", "before its tests finished"),
-    # a record the answer forges in the harness's place is not read: a FIFO would block
-    # the reader, a link could point anywhere
-    ("import os\nos.mkfifo('.result.json')\nos._exit(0)\n", "exception", "before its tests"),
-    ("import os\nos.symlink('/etc/hostname', '.result.json')\nos._exit(0)\n", "exception",
-     "before its tests"),
+    ("def add(a, b):\n    return True\n", "assertion", "got True"),  # not the int 3
 ])
 def test_outcomes_are_recorded_by_kind(code, kind, detail):
     outcome = sandbox.run(code, TASK["tests"], QUICK)
@@ -203,7 +289,7 @@ def test_misbehaving_code_is_contained_and_the_run_goes_on(tmp_path, monkeypatch
     assert outcomes["loops"].kind == "timeout" and outcomes["loops"].seconds < 4
     assert outcomes["allocates"].kind == "memory_limit"
     assert outcomes["forks"].kind == "process_limit"
-    assert outcomes["writes"].kind == "exception" and "PermissionError" in outcomes["writes"].detail
+    assert outcomes["writes"].kind == "exception"  # it does not even see the folder
     assert not (outside / "escaped.txt").exists()
     # its own asserts hold: no key, only the minimal environment
     assert outcomes["reads the environment"].kind == "passed"
@@ -213,10 +299,23 @@ def test_misbehaving_code_is_contained_and_the_run_goes_on(tmp_path, monkeypatch
         assert not any(_processes_of(sandbox.SANDBOX_UID + slot) for slot in range(2))
 
 
-def test_the_probe_finds_every_mechanism_holding_here():
-    found = sandbox.mechanisms(QUICK)
-    assert {name: row["holds"] for name, row in found.items()} == {
-        "network": True, "file writes": True, "user": True, "processes": True,
-        "environment": True, "limits": True}
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a user, some mechanisms need what root has; "
+                    "tests/test_sandbox_attacks.py runs the sandbox as a user")
+def test_the_probe_finds_every_mechanism_holding_here_as_root():
+    found = probe.mechanisms(QUICK)
+    assert {name for name, row in found.items() if not row["holds"]} == set()
+    assert set(found) == {"network", "unix sockets", "files seen", "file writes", "folder",
+                          "totals", "cleanup", "user", "capabilities", "processes",
+                          "environment", "limits"}
     assert "network namespace" in found["network"]["how"]
     assert "PID namespace" in found["processes"]["how"]
+    assert "tmpfs" in found["folder"]["how"]
+    assert probe.warn(QUICK) == []  # nothing to warn of
+
+
+def test_the_probe_sees_a_run_left_behind(monkeypatch):
+    monkeypatch.setattr(sandbox, "remove_tree", lambda path: None)  # a cleanup that fails
+    found = probe.mechanisms.__wrapped__(QUICK)  # measured afresh, not the cached table
+    assert not found["cleanup"]["holds"] and "left behind" in found["cleanup"]["how"]
+    for left in found["cleanup"]["how"].split("left behind in ")[1].strip("[]").split(", "):
+        cleanup.remove_tree(Path(left.strip("'")))

@@ -1,6 +1,7 @@
 """Code tasks judged by running the answers' code in a sandbox (`tasks`: the task form,
-code extraction, pass@k; `sandbox`: the contained run; `judge`: the tables of notebook 03)."""
+code extraction, pass@k; `observe`: tests as observations and the verdict; `sandbox`: the
+contained run; `probe`: what the sandbox holds here; `judge`: the tables of notebook 03)."""
 
-from . import judge, sandbox, tasks
+from . import judge, observe, probe, sandbox, tasks
 
-__all__ = ["judge", "sandbox", "tasks"]
+__all__ = ["judge", "observe", "probe", "sandbox", "tasks"]

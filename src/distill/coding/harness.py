@@ -1,58 +1,111 @@
-"""Runs inside the sandbox, beside solution.py and tests.py: the answer's code, then the
-task's tests, and the outcome in .result.json. Standard library only; never imported by
-distill (`sandbox.run` copies it into the sandbox's folder).
+"""Runs inside the sandbox, in the answer's own process: the answer's code, then the probe
+(the task's tests with every expected value taken out, `observe.convert`), reporting each
+observation as one JSON line on the process's original stdout. Standard library only;
+never imported by distill: `jail.py` runs it after the process is confined, and a test
+may run it as a plain script (`python -I -S harness.py < {"solution":..., "probe":...}`).
 
-The kinds: passed, syntax_error, assertion, exception, memory_limit (MemoryError at the
-address-space limit), process_limit (a fork refused at the process limit). A program that
-exits before its tests finish writes nothing, and the parent says why (timeout, killed).
+Nothing here is trusted. The answer runs in this process and may rewrite any of it or
+print anything on the channel; the parent (`verdict`) compares what arrives with the
+expected values, which never enter this process. So the reports only have to be useful
+for an honest answer.
+
+The wire format, one JSON object a line: {"n": N, "value": V} (V type-tagged: ["none"],
+["bool", b], ["int", "digits"], ["float", "repr"], ["str", s], [list|tuple|set|frozenset,
+[V...]], ["dict", [[K, V]...]]); {"n": N, "not_plain": type name}; {"n": N, "raised":
+the first built-in class of the exception's type}; {"n": N, "returned": true}; then
+{"end": true}, or {"stop": kind, "detail": text} where the answer's code or a setup
+statement raised. Subclasses of the plain types are sent as their base type's content,
+read through the base type's own methods (so an overridden __eq__ or __iter__ is not
+consulted); anything else is not plain data.
 """
 
+import builtins
 import errno
 import json
 import os
 import sys
-import traceback
+
+MAX_DEPTH = 64
 
 
-def record(kind: str, detail: str = "") -> None:
-    """Write the outcome atomically: a process killed while writing leaves none."""
-    temporary = f".result.{os.getpid()}.tmp"  # a forked copy of this process writes its own
-    with open(temporary, "w") as handle:
-        json.dump({"kind": kind, "detail": detail[:500]}, handle)
-    os.replace(temporary, ".result.json")
+class NotPlain(Exception):
+    pass
 
 
-def failing_line(error: BaseException) -> str:
-    """The last line of tests.py in the traceback: the assert that failed."""
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename == "tests.py"]
-    return f"tests.py line {frames[-1].lineno}: {frames[-1].line}" if frames else ""
+def encode(value, depth=0):
+    if depth > MAX_DEPTH:
+        raise NotPlain("nested too deep")
+    kind = type(value)  # type() cannot be faked the way isinstance's __class__ can
+    if value is None:
+        return ["none"]
+    if kind is bool:
+        return ["bool", value]
+    if issubclass(kind, int):
+        return ["int", int.__repr__(value)]
+    if issubclass(kind, float):
+        return ["float", float.__repr__(value)]
+    if issubclass(kind, str):
+        return ["str", str.__getitem__(value, slice(None))]
+    if issubclass(kind, dict):
+        return ["dict", [[encode(k, depth + 1), encode(v, depth + 1)]
+                         for k, v in dict.items(value)]]
+    for base in (list, tuple, set, frozenset):
+        if issubclass(kind, base):
+            return [base.__name__, [encode(item, depth + 1) for item in base.__iter__(value)]]
+    raise NotPlain(kind.__name__)
 
 
-def main() -> None:
-    tests = compile(open("tests.py").read(), "tests.py", "exec")
+def builtin_class(error):
+    """The first class in the exception's MRO that is the built-in of its name."""
+    for cls in type(error).__mro__:
+        if cls.__module__ == "builtins" and getattr(builtins, cls.__name__, None) is cls:
+            return cls.__name__
+    return "BaseException"
+
+
+def stop_kind(error):
+    if isinstance(error, MemoryError):
+        return "memory_limit"
+    if isinstance(error, BlockingIOError) and error.errno == errno.EAGAIN:
+        return "process_limit"  # a fork refused at the process limit
+    return "exception"
+
+
+def main(solution, probe):
+    channel = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # what the answer prints goes to stderr, not into the reports
+
+    def send(report):
+        channel.write(json.dumps(report) + "\n")
+        channel.flush()
+
+    def value(number, observed):
+        try:
+            send({"n": number, "value": encode(observed)})
+        except (NotPlain, ValueError) as error:  # ValueError: an int too long to print
+            send({"n": number, "not_plain": str(error)[:100]})
+
+    namespace = {"__name__": "solution",  # the answer's `if __name__ == "__main__"` stays off
+                 "__value__": value,
+                 "__raised__": lambda number, error: send({"n": number,
+                                                           "raised": builtin_class(error)}),
+                 "__returned__": lambda number: send({"n": number, "returned": True})}
     try:
-        solution = compile(open("solution.py").read(), "solution.py", "exec")
+        code = compile(solution, "solution.py", "exec")
     except (SyntaxError, ValueError) as error:  # ValueError: a NUL byte in the source
-        record("syntax_error", f"{type(error).__name__}: {error}")
+        send({"stop": "syntax_error", "detail": f"{type(error).__name__}: {error}"[:500]})
         return
-    namespace = {"__name__": "solution"}  # the answer's `if __name__ == "__main__"` stays off
     try:
-        exec(solution, namespace)
-        exec(tests, namespace)
-    except AssertionError as error:
-        record("assertion", failing_line(error) or repr(error))
-    except MemoryError:
-        record("memory_limit", "MemoryError: the address-space limit was reached")
-    except BlockingIOError as error:
-        kind = "process_limit" if error.errno == errno.EAGAIN else "exception"
-        record(kind, f"BlockingIOError: {error}")
+        exec(code, namespace)
+        exec(compile(probe, "tests", "exec"), namespace)
     except BaseException as error:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
-        record("exception", f"{type(error).__name__}: {error}"[:500])
+        send({"stop": stop_kind(error), "detail": f"{type(error).__name__}: {error}"[:500]})
     else:
-        record("passed")
+        send({"end": True})
 
 
 if __name__ == "__main__":
-    main()
+    given = json.load(sys.stdin)
+    main(given["solution"], given["probe"])
     sys.stdout.flush()
     os._exit(0)  # threads the answer started do not hold the process open

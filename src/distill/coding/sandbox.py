@@ -1,37 +1,47 @@
-"""Run model-written code with its tests, contained by the operating system.
+"""Run model-written code against a task's tests, contained by the operating system, and
+judge it here, where the answer cannot reach.
 
-Each run gets a fresh process (`jail.py`, then the program `harness.py`) in a fresh
-temporary folder, a minimal environment, a wall-clock timeout and the `Limits` below. The
-jail adds, where the system allows: new network and PID namespaces, an unprivileged uid
-when distill runs as root, and a Landlock domain that confines writes to the folder.
-`mechanisms()` probes which of these actually hold, by running a probe through the same
-path; the evaluation prints its table, and the README says what each one means.
+Each run gets a fresh process (`jail.py`, which runs `harness.py` in the confined answer
+process) with a minimal environment, a wall-clock timeout and the `Limits` below. The
+answer's process gets the task's inputs only (`observe.convert`: the tests with their
+expected values taken out) and reports what it computed as plain data; `observe.verdict`
+compares the reports with the expected values in this process. Nothing the answer writes
+in its folder is read. The jail adds, where the system allows: a root of its own (the
+interpreter read-only, /dev/null, /dev/urandom, its /proc, and a size-limited tmpfs
+folder), new network and PID namespaces, an unprivileged uid, no capabilities, Landlock,
+and a cgroup that caps memory and processes in total (`cgroups`). `probe.mechanisms()`
+measures which of these hold by running a probe through this same path.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import shutil
+import select
 import signal
-import socket
-import stat
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+
+from . import cgroups, observe
+from .cleanup import remove_tree
 
 HERE = Path(__file__).resolve().parent
 SANDBOX_UID = 61000  # + slot: an unused uid per concurrent run, so each has its own process count
-# how an answer ended: harness.py records all but timeout and killed, which run() tells
+# how an answer ended: the verdict gives passed, assertion and the stops harness.py
+# reports; the exit status gives timeout and killed; sandbox_error is the sandbox's own
+# failure on this answer (the batch goes on)
 KINDS = ("passed", "assertion", "exception", "syntax_error", "timeout", "killed",
-         "memory_limit", "process_limit")
+         "memory_limit", "process_limit", "sandbox_error")
 MINIMAL_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}  # HOME is set to the folder
-OUTPUT_TAIL = 2000  # characters of the program's stdout and stderr kept
-JAIL_FAILED = 125  # jail.py's status (it is told so) when it could not start the program
+OUTPUT_TAIL = 2000  # characters of the answer's printed output kept
+REPORTS_MAX = 4 * 1024 * 1024  # bytes of reports read back (the file-size limit caps them too)
+JAIL_FAILED = 125  # jail.py's status (it is told so) when it could not start the answer
+# the dynamic loader, for an answer that starts a program (itself, in a subprocess)
+ALSO_EXPOSE = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"]
 
 
 class SandboxError(RuntimeError):
@@ -41,17 +51,19 @@ class SandboxError(RuntimeError):
 @dataclass(frozen=True)
 class Limits:
     timeout_s: float = 5.0  # wall clock, per task
-    memory_mb: int = 512  # address space
-    file_mb: int = 16  # largest file the program may write
-    processes: int = 32  # processes of the sandbox's uid
+    memory_mb: int = 512  # address space, per process
+    file_mb: int = 16  # largest file the answer may write
+    processes: int = 32  # processes of the sandbox's uid; its cgroup's pids.max too
+    folder_mb: int = 64  # the answer's folder, a tmpfs
+    total_memory_mb: int = 1024  # all its processes and its folder together (cgroup)
 
 
 @dataclass
 class Outcome:
     kind: str  # one of KINDS
-    detail: str  # the failing assert, the exception, the signal
+    detail: str  # the failing observation, the exception, the signal
     seconds: float
-    output: str = ""  # the tail of what the program printed
+    output: str = ""  # the tail of what the answer printed
 
     @property
     def passed(self) -> bool:
@@ -59,55 +71,71 @@ class Outcome:
 
 
 def run(code: str, tests: str, limits: Limits = Limits(), slot: int = 0) -> Outcome:
-    """Run `code`, then `tests` (Python statements that assert), in the sandbox."""
-    root = Path(tempfile.mkdtemp(prefix="distill-sandbox-"))
+    """Run `code` against `tests` (assert statements, `observe.convert`'s forms) in the
+    sandbox. A failure of the sandbox itself is this answer's `sandbox_error`."""
+    start = time.perf_counter()
+    root = group = None
     try:
-        return _run_in(root, code, tests, limits, slot)
+        converted = observe.convert(tests)
+        root = Path(tempfile.mkdtemp(prefix="distill-sandbox-"))
+        group = cgroups.create(limits.total_memory_mb, limits.processes + 2)  # + jail, init
+        return _run_in(root, code, converted, limits, slot, group)
+    except (OSError, SandboxError, observe.Unsupported) as error:
+        return Outcome("sandbox_error", f"{type(error).__name__}: {error}"[:500],
+                       time.perf_counter() - start)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        try:
+            if group:
+                group.remove()
+            if root:
+                remove_tree(root)
+        except OSError:  # left behind, said on stderr; the next answers go on
+            print(f"distill sandbox: could not clean up {root}", file=sys.stderr)
 
 
-def _run_in(root: Path, code: str, tests: str, limits: Limits, slot: int) -> Outcome:
-    folder = root / "work"
+def _run_in(root: Path, code: str, converted: observe.Converted, limits: Limits, slot: int,
+            group: cgroups.Group | None) -> Outcome:
+    folder = root / "root"  # the answer's root is built on this, in its own mount namespace
     folder.mkdir()
-    (folder / "solution.py").write_text(code)
-    (folder / "tests.py").write_text(tests)
-    shutil.copy(HERE / "harness.py", folder / "harness.py")
     uid = SANDBOX_UID + slot
-    if os.geteuid() == 0:  # the program runs as `uid`: its folder must be its own
+    if os.geteuid() == 0:  # without a root of its own, the answer's uid works in `folder`
         os.chmod(root, 0o711)
         os.chown(folder, uid, uid)
-    python = os.path.realpath(sys.executable)
-    hidden = _barred_ancestor(Path(sys.base_prefix)) if os.geteuid() == 0 else None
-    if hidden:
-        (root / "python").mkdir()
-    config = {"folder": str(folder), "program": "harness.py", "python": python,
-              "uid": uid, "gid": uid, "hidden": hidden, "prefix": sys.base_prefix,
-              "staging": str(root / "python"), "cpu_seconds": int(limits.timeout_s) + 1,
+    config = {"folder": str(folder), "python": os.path.realpath(sys.executable),
+              "prefix": sys.base_prefix, "also_expose": ALSO_EXPOSE,
+              "uid": uid, "gid": uid, "barred": _barred(Path(sys.base_prefix)),
+              "cgroups": group.procs if group else [], "cpu_seconds": int(limits.timeout_s) + 1,
               "memory_mb": limits.memory_mb, "file_mb": limits.file_mb,
-              "processes": limits.processes, "failed_status": JAIL_FAILED}
+              "processes": limits.processes, "folder_mb": limits.folder_mb,
+              "failed_status": JAIL_FAILED, "solution": code, "probe": converted.probe}
+    with open(os.open(root / "config.json", os.O_WRONLY | os.O_CREAT, 0o600), "w") as handle:
+        json.dump(config, handle)
     env = {**MINIMAL_ENV, "HOME": str(folder)}
     with open(root / "stdout", "wb") as out, open(root / "stderr", "wb") as err:
         start = time.perf_counter()
-        process = subprocess.Popen([python, "-I", "-S", str(HERE / "jail.py"), json.dumps(config)],
-                                   cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                   stderr=err, start_new_session=True)
+        process = subprocess.Popen(
+            [config["python"], "-I", "-S", str(HERE / "jail.py"), str(root / "config.json")],
+            cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+            start_new_session=True)
         try:
-            status = process.wait(timeout=limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            status = None
+            status = _wait(process, limits.timeout_s)
         finally:  # whatever is left of the session goes (the PID namespace takes the rest)
             _kill_group(process.pid)
             process.wait()
         seconds = time.perf_counter() - start
-    output = _tail(root / "stdout") + _tail(root / "stderr")
+    output = _tail(root / "stderr")
     if status is None:
         return Outcome("timeout", f"still running after {limits.timeout_s:g} s", seconds, output)
-    recorded = _record(folder / ".result.json")
-    if recorded:
-        return Outcome(recorded["kind"], recorded["detail"], seconds, output)
+    with open(root / "stdout", "rb") as handle:
+        reports = handle.read(REPORTS_MAX).decode(errors="replace")
+    judged = observe.verdict(reports, converted.observations)
+    if judged:
+        return Outcome(*judged, seconds, output)
     if status == JAIL_FAILED:
-        raise SandboxError(f"the sandbox could not start the program: {output.strip()}")
+        raise SandboxError(f"the sandbox could not start the answer: {output.strip()[-300:]}")
+    if group and group.oom_killed():
+        return Outcome("memory_limit", f"killed at the memory total "
+                       f"({limits.total_memory_mb} MB, all its processes)", seconds, output)
     if status > 128:
         name = signal.Signals(status - 128).name
         why = {"SIGXCPU": "the CPU-time limit", "SIGKILL": "SIGKILL (the CPU-time limit)",
@@ -117,29 +145,28 @@ def _run_in(root: Path, code: str, tests: str, limits: Limits, slot: int) -> Out
                    seconds, output)
 
 
-def _record(path: Path) -> dict | None:
-    """The harness's record, if it is one: a small regular file (not a link, a FIFO or a
-    huge file the answer put there instead) holding a kind and a detail."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > 4096:
-        return None
-    try:
-        recorded = json.loads(path.read_text())
-        return recorded if recorded.get("kind") in KINDS and "detail" in recorded else None
-    except (ValueError, AttributeError, UnicodeDecodeError):
-        return None
+def _barred(prefix: Path) -> bool:
+    """Whether a folder above `prefix` is closed to others (root's home, where pyenv keeps
+    the interpreter): without a root of its own, another uid could not load it."""
+    return any(folder != Path("/") and not os.stat(folder).st_mode & 0o001
+               for folder in prefix.parents)
 
 
-def _barred_ancestor(prefix: Path) -> str | None:
-    """The first folder above `prefix` that others may not enter (root's home, mode 700):
-    the jail must reveal the interpreter past it for an unprivileged uid."""
-    for folder in reversed(prefix.parents):
-        if folder != Path("/") and not os.stat(folder).st_mode & 0o001:
-            return str(folder)
-    return None
+def _wait(process: subprocess.Popen, timeout_s: float) -> int | None:
+    """The exit status, or None at the timeout. Popen.wait(timeout) polls with growing
+    sleeps, which adds tens of ms to a 60 ms run; a pidfd wakes us the moment it ends."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # before Linux 5.3
+        try:
+            return process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        ready, _, _ = select.select([pidfd], [], [], timeout_s)
+    finally:
+        os.close(pidfd)
+    return process.wait() if ready else None
 
 
 def _kill_group(pid: int) -> None:
@@ -153,69 +180,3 @@ def _tail(path: Path) -> str:
     with open(path, "rb") as handle:
         handle.seek(max(0, path.stat().st_size - OUTPUT_TAIL))
         return handle.read().decode(errors="replace")
-
-
-PROBE = """
-import json, os, resource, socket
-facts = {{"uid": os.getuid(), "pid": os.getpid(), "env": sorted(os.environ),
-          "interfaces": [name for _, name in socket.if_nameindex()],
-          "processes": resource.getrlimit(resource.RLIMIT_NPROC)[0]}}
-try:
-    socket.create_connection(("127.0.0.1", {port}), timeout=2).close()
-    facts["connect"] = "connected"
-except OSError as error:
-    facts["connect"] = os.strerror(error.errno) if error.errno else repr(error)
-try:
-    open({outside!r}, "w").write("x")
-    facts["write_outside"] = "written"
-except OSError as error:
-    facts["write_outside"] = os.strerror(error.errno)
-print("PROBE" + json.dumps(facts))
-"""
-
-
-def describe(found: dict[str, dict]) -> str:
-    """`mechanisms()` as lines to print: what holds, and how it was found."""
-    return "\n".join(f"{'holds' if row['holds'] else 'DOES NOT HOLD':>13}  {name}: {row['how']}"
-                     for name, row in found.items())
-
-
-@functools.lru_cache(maxsize=4)
-def mechanisms(limits: Limits = Limits()) -> dict[str, dict]:
-    """{mechanism: {'holds': bool, 'how': str}}, measured: a probe run in the sandbox tries
-    to reach a port the host listens on, to write into a world-writable folder outside its
-    own, and reports its uid, PID, environment and process limit."""
-    with socket.socket() as server, tempfile.TemporaryDirectory() as outside:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        os.chmod(outside, 0o777)  # only the sandbox, not file permissions, may stop the write
-        target = Path(outside) / "escaped.txt"
-        probe = PROBE.format(port=server.getsockname()[1], outside=str(target))
-        outcome = run(probe, "", limits)
-        line = next((x for x in outcome.output.splitlines() if x.startswith("PROBE")), None)
-        if not outcome.passed or line is None:
-            raise SandboxError(f"the sandbox probe did not run: {outcome.kind} {outcome.detail}")
-        facts = json.loads(line[len("PROBE"):])
-        escaped = target.exists()
-    root = os.geteuid() == 0
-    own_uid = facts["uid"] not in (0, os.geteuid())
-    return {
-        "network": {"holds": facts["connect"] != "connected",
-                    "how": f"connecting to the host's loopback: {facts['connect']}; "
-                           f"interfaces: {', '.join(facts['interfaces'])}"
-                           + (" (a network namespace of its own)"
-                              if facts["interfaces"] == ["lo"] else "")},
-        "file writes": {"holds": not escaped,
-                        "how": f"writing outside its folder: {facts['write_outside']}"},
-        "user": {"holds": own_uid or not root,
-                 "how": f"uid {facts['uid']}" + (" (unprivileged)" if own_uid else
-                                                 " (root: the process limit does not hold)"
-                                                 if facts["uid"] == 0 else " (distill's own)")},
-        "processes": {"holds": facts["uid"] != 0 and facts["processes"] == limits.processes,
-                      "how": f"at most {facts['processes']}"
-                             + (", ended with the program (PID namespace)" if facts["pid"] <= 2
-                                else ", no PID namespace: a detached child may outlive it")},
-        "environment": {"holds": set(facts["env"]) <= set(MINIMAL_ENV) | {"HOME", "LC_CTYPE"},
-                        "how": "variables: " + ", ".join(facts["env"])},
-        "limits": {"holds": True, "how": ", ".join(f"{k} {v}" for k, v in asdict(limits).items())},
-    }

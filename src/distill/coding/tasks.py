@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..core.runs import atomic_file
 from ..lm.data import PromptError, register_prompt_set, register_row_kind
-from . import sandbox
+from . import observe, probe, sandbox
 
 INSTRUCTION = ("Complete this Python code. Reply with the complete code in one ```python "
                "block.\n\n```python\n{prompt}```")
@@ -51,10 +51,10 @@ def task_fields(row: dict, where: str) -> dict:
         raise TaskError(f"{where}: 'tests' must be Python statements with at least one assert "
                         "(a text or a list of lines)")
     try:
-        compile(tests, "tests", "exec")
-    except SyntaxError as error:
-        raise TaskError(f"{where}: 'tests' is not valid Python ({error.msg}, line "
-                        f"{error.lineno})") from None
+        observe.convert(tests)  # the answer is judged on these observations: refuse early
+    except observe.Unsupported as error:
+        raise TaskError(f"{where}: 'tests' cannot be judged outside the answer's process: "
+                        f"{error}") from None
     return {"prompt": prompt, "entry_point": entry_point, "tests": tests}
 
 
@@ -124,7 +124,10 @@ def read_run_tasks(path: Path) -> dict[str, dict]:
 def run_answers(answers: list[str], tasks: list[dict], limits: sandbox.Limits,
                 workers: int = 2, desc: str = "running code") -> list[sandbox.Outcome]:
     """Each answer's code with its task's tests, in the sandbox, `workers` at a time (each
-    worker its own uid, so one answer's processes never count against another's)."""
+    worker its own uid, so one answer's processes never count against another's). Says
+    loudly first what the sandbox cannot hold here (`probe.warn`). An answer the sandbox
+    itself fails on is that answer's `sandbox_error`; the others go on."""
+    probe.warn(limits)
     slots = queue.SimpleQueue()
     for slot in range(workers):
         slots.put(slot)
