@@ -296,7 +296,7 @@ def test_misbehaving_code_is_contained_and_the_run_goes_on(tmp_path, monkeypatch
     assert outcomes["connects"].kind == "exception"
     assert outcomes["behaves"].kind == "passed"  # the run went on
     if os.geteuid() == 0:  # nothing of a fork bomb outlives its run
-        assert not any(_processes_of(sandbox.SANDBOX_UID + slot) for slot in range(2))
+        assert not any(_processes_of(sandbox.sandbox_uid(slot)) for slot in range(2))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as a user, some mechanisms need what root has; "

@@ -30,7 +30,8 @@ from . import cgroups, observe
 from .cleanup import remove_tree
 
 HERE = Path(__file__).resolve().parent
-SANDBOX_UID = 61000  # + slot: an unused uid per concurrent run, so each has its own process count
+SANDBOX_UID = 61000  # the first of the unused uids an answer runs as (see sandbox_uid)
+SLOTS_PER_PROCESS = 1024  # concurrent runs one distill process may have
 # how an answer ended: the verdict gives passed, assertion and the stops harness.py
 # reports; the exit status gives timeout and killed; sandbox_error is the sandbox's own
 # failure on this answer (the batch goes on)
@@ -97,7 +98,7 @@ def _run_in(root: Path, code: str, converted: observe.Converted, limits: Limits,
             group: cgroups.Group | None) -> Outcome:
     folder = root / "root"  # the answer's root is built on this, in its own mount namespace
     folder.mkdir()
-    uid = SANDBOX_UID + slot
+    uid = sandbox_uid(slot)
     if os.geteuid() == 0:  # without a root of its own, the answer's uid works in `folder`
         os.chmod(root, 0o711)
         os.chown(folder, uid, uid)
@@ -143,6 +144,13 @@ def _run_in(root: Path, code: str, converted: observe.Converted, limits: Limits,
         return Outcome("killed", f"killed by {why}", seconds, output)
     return Outcome("exception", f"exited with status {status} before its tests finished",
                    seconds, output)
+
+
+def sandbox_uid(slot: int) -> int:
+    """The uid of a run in `slot` of this process: its own, so that each concurrent run,
+    in this process or in another distill process on the machine (two evaluations, two
+    test workers), has its own process count under the process limit."""
+    return SANDBOX_UID + (os.getpid() % 1024) * SLOTS_PER_PROCESS + slot % SLOTS_PER_PROCESS
 
 
 def _barred(prefix: Path) -> bool:
