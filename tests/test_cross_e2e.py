@@ -16,9 +16,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def cross_run(tmp_path_factory):
+def cross_run(tmp_path_factory, tiny_teacher):
+    """The smoke run, its student the tiny model with SmolLM2's tokenizer (conftest): the
+    teacher and its alignment are Gemma's own, the student's training is seconds."""
     output_dir = tmp_path_factory.mktemp("outputs")
-    yield run_pipeline(ROOT / "params" / "cross" / "smoke.yaml", [f"run.output_dir={output_dir}"])
+    yield run_pipeline(ROOT / "params" / "cross" / "smoke.yaml", [
+        f"run.output_dir={output_dir}", f"student_training.student={tiny_teacher}"])
     shutil.rmtree(output_dir)  # GBs of weights: CI's disk holds a few runs, not all
 
 
