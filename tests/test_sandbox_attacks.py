@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import textwrap
 import threading
 import time
@@ -345,9 +346,17 @@ def test_the_sandbox_as_an_unprivileged_account(tmp_path):
     if subprocess.run(["id", user], capture_output=True).returncode:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
                         "/usr/sbin/nologin", user], check=True)
+    # the sandbox's modules where the account may read them (a checkout under root's
+    # home, mode 700, would be out of its reach): a world-readable copy in /tmp
+    src = Path(tempfile.mkdtemp(prefix="distill-sbx-src-"))
+    os.chmod(src, 0o755)
+    shutil.copytree(sandbox.HERE, src / "distill" / "coding",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for folder in (src / "distill", src / "distill" / "coding"):
+        os.chmod(folder, 0o755)
     script = textwrap.dedent(f"""
         import sys, types
-        src = {str(sandbox.HERE.parent.parent)!r}
+        src = {str(src)!r}
         for name in ("distill", "distill.coding"):  # the sandbox's modules, not the package's
             module = types.ModuleType(name)       # imports (pandas, torch)
             module.__path__ = [src + "/" + name.replace(".", "/")]
@@ -361,9 +370,12 @@ def test_the_sandbox_as_an_unprivileged_account(tmp_path):
                           "assert add(1, 2) == 3\\n", limits)
         print("OUTCOMES", good.kind, bad.kind, bad.detail)
         """)
-    done = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
-                           python, "-I", "-c", script], capture_output=True, text=True,
-                          timeout=60, cwd="/")
+    try:
+        done = subprocess.run(["setpriv", f"--reuid={user}", f"--regid={user}",
+                               "--clear-groups", python, "-I", "-c", script],
+                              capture_output=True, text=True, timeout=60, cwd="/")
+    finally:
+        shutil.rmtree(src)
     assert "OUTCOMES passed exception FileNotFoundError" in done.stdout, done.stdout + done.stderr
     warned = next(line for line in done.stdout.splitlines() if line.startswith("WARNED"))
     with open("/proc/self/cgroup") as handle:
