@@ -33,7 +33,7 @@ def remove_tree(path: Path) -> None:
     top = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
         os.chmod(top, 0o700)
-        pending, counter, tag = [], 0, uuid.uuid4().hex[:8]  # names no answer can foresee
+        counter, tag = 0, uuid.uuid4().hex[:8]  # names no answer can foresee
         with os.scandir(top) as entries:
             pending = [entry.name for entry in entries]
         while pending:
