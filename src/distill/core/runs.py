@@ -89,6 +89,13 @@ def atomic_dir(path: str | Path):
 METRICS_SCHEMA_VERSION = 1
 SPEED_FIGURES = ("generation_tokens_per_second", "sandbox_seconds_per_answer", "real_time_factor",
                  "transcription_tokens_per_second", "seconds_per_clip", "speedup_vs_teacher")
+# and the serving figures of evaluation.speed, named per batch size
+SPEED_PREFIXES = ("decode_", "scoring_", "assisted_", "teacher_alone_")
+
+
+def is_speed_figure(figure: str) -> bool:
+    """A figure measured in time, which varies from run to run of the same params."""
+    return figure in SPEED_FIGURES or figure.startswith(SPEED_PREFIXES)
 
 
 def write_metrics(run_dir: str | Path, table, heldout_prompts: int) -> dict:
@@ -99,9 +106,9 @@ def write_metrics(run_dir: str | Path, table, heldout_prompts: int) -> dict:
                     for k, v in row.items()} for model, row in table.to_dict("index").items()}
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION, "heldout_prompts": heldout_prompts,
-        "models": {model: {k: v for k, v in row.items() if k not in SPEED_FIGURES}
+        "models": {model: {k: v for k, v in row.items() if not is_speed_figure(k)}
                    for model, row in rows.items()},
-        "speed": {model: {k: row[k] for k in SPEED_FIGURES if k in row}
+        "speed": {model: {k: v for k, v in row.items() if is_speed_figure(k)}
                   for model, row in rows.items()}}
     write_json(Path(run_dir) / METRICS, metrics)
     return metrics

@@ -44,6 +44,10 @@ COLUMNS = {
     "exact_match": "answer equals the reference",
     "reference_in_answer": "reference appears in the answer",
     "perplexity": "corpus perplexity, lower is better",
+    "layers": "decoder layers of the student",
+    "draft_acceptance": "sum of min(p_teacher, p_student): a drafted token's acceptance rate",
+    "decode_speedup_batch1": "greedy decode tokens/s over the teacher's, batch 1 (measured)",
+    "decode_speedup_batch32": "greedy decode tokens/s over the teacher's, batch 32 (measured)",
     "train_tokens_per_second": "training throughput (completion tokens)",
     "train_peak_memory_mb": "peak memory while training",
     "wall_seconds": "all stages of the run",
@@ -58,7 +62,7 @@ def summarize_run(run_dir: str | Path) -> dict:
     training = params["student_training"]
     log = pd.read_csv(run_dir / TRAIN_LOG)
     manifest = read_json(run_dir / MANIFEST, {})
-    student = metrics["models"]["student"]
+    student = {**metrics["models"]["student"], **metrics.get("speed", {}).get("student", {})}
     return {
         "run": run_dir.name,
         "objective": describe_objective(training),
@@ -81,6 +85,12 @@ def describe_objective(training: dict) -> str:
         parts.append(f"{training['hidden_weight']:g} hidden ({training.get('hidden_loss')})")
     label = " + ".join(parts)
     return f"{label}, on-policy {training['lmbda']:g}" if training.get("lmbda") else label
+
+
+def teacher_figures(run_dir: str | Path) -> dict:
+    """The teacher's row of a run's metrics.json, quality and speed together."""
+    metrics = read_metrics(run_dir)
+    return {**metrics["models"].get("teacher", {}), **metrics.get("speed", {}).get("teacher", {})}
 
 
 def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:

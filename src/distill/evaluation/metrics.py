@@ -34,13 +34,16 @@ from ..lm.samples import build_examples, collate
 @torch.inference_mode()
 def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                             batch_size: int) -> dict[str, dict]:
-    """{name: {'kl', 'top1_agreement', 'nll', 'tokens'}} over the completion tokens of
-    `samples` (a samples DataFrame, or Examples such as `samples.prose_examples`), with the
-    teacher's logits computed once per batch for all students. `nll` is the mean
-    next-token loss on the text itself: exp(nll) is the perplexity."""
+    """{name: {'kl', 'top1_agreement', 'acceptance', 'nll', 'tokens'}} over the completion
+    tokens of `samples` (a samples DataFrame, or Examples such as `samples.prose_examples`),
+    with the teacher's logits computed once per batch for all students. `nll` is the mean
+    next-token loss on the text itself: exp(nll) is the perplexity. `acceptance` is the
+    mean of sum_v min(p_T, p_S) = 1 - total variation: the chance that a token the
+    student drafts is accepted by the teacher in speculative sampling."""
     examples = samples if isinstance(samples, list) else build_examples(samples)
     examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; sums only
-    sums = {name: {"kl": 0.0, "agree": 0, "nll": 0.0, "tokens": 0} for name in students}
+    sums = {name: {"kl": 0.0, "agree": 0, "accept": 0.0, "nll": 0.0, "tokens": 0}
+            for name in students}
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
         batch = {k: v.to(teacher.device)
                  for k, v in collate(examples[start:start + batch_size], pad_id).items()}
@@ -48,6 +51,7 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
         teacher_logits = teacher(**inputs).logits[:, :-1].float()
         keep = batch["labels"] != IGNORE_INDEX
         count = int(keep.sum())
+        teacher_probs = teacher_logits[keep].softmax(-1)
         for name, student in students.items():
             student_logits = teacher_logits if student is teacher else \
                 student(**inputs).logits[:, :-1].float()  # the teacher among them: once
@@ -55,11 +59,14 @@ def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                 forward_kl, student_logits, teacher_logits, batch["labels"])) * count
             same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
             sums[name]["agree"] += int(same[keep].sum())
+            sums[name]["accept"] += float(torch.minimum(
+                teacher_probs, student_logits[keep].softmax(-1)).sum())
             sums[name]["nll"] += float(torch.nn.functional.cross_entropy(
                 student_logits[keep], batch["labels"][keep], reduction="sum"))
             sums[name]["tokens"] += count
     return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
-                   "nll": s["nll"] / s["tokens"], "tokens": s["tokens"]}
+                   "acceptance": s["accept"] / s["tokens"], "nll": s["nll"] / s["tokens"],
+                   "tokens": s["tokens"]}
             for name, s in sums.items()}
 
 
@@ -240,20 +247,28 @@ def _word_verdict(tokenizer, tokens: list[int], word: str, stops: set[int]) -> b
 
 
 def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
-                  text_scores: dict, scores: dict, speed: dict):
+                  text_scores: dict, scores: dict, speed: dict, serving: dict | None = None):
     """One row per model, one column per figure: size and cost, fidelity under teacher
     forcing on the held-out answers and on held-out prose (with the perplexity there,
     exp of its mean next-token loss), the tokenizer-free figures (`text_scores`, from
-    `tokenizer_free_scores`), answer scores, generation speed (what metrics.json
-    holds). A model missing from `fidelity` and `prose` (another tokenizer than the
-    teacher's: per-token figures are undefined) gets NaN there."""
+    `tokenizer_free_scores`), answer scores, what the model is worth as the teacher's
+    draft, the answers' generation speed (`speed`: the held-out answers' tokens/s, early
+    stops included) and the fixed-length serving figures (`serving`, from
+    `speed.speed_table`): what metrics.json holds. A model missing from `fidelity` and
+    `prose` (another tokenizer than the teacher's: per-token figures are undefined) gets
+    NaN there."""
     import pandas as pd
 
     from ..lm.models import count_parameters, folder_size
+    from ..lm.speed import DRAFT_GAMMA, expected_accepted_tokens
 
-    return pd.DataFrame({
-        name: {
+    serving = serving or {}
+    rows = {}
+    for name, model in contenders.items():
+        acceptance = fidelity.get(name, {}).get("acceptance", math.nan)
+        rows[name] = {
             "parameters_m": count_parameters(model) / 1e6,
+            "layers": getattr(model.config, "num_hidden_layers", math.nan),
             "size_mb": folder_size(folders[name]) / 2**20 if Path(folders[name]).is_dir()
             else None,
             # per-token figures exist for models of the teacher's vocabulary only
@@ -265,5 +280,10 @@ def summary_table(contenders: dict, folders: dict, fidelity: dict, prose: dict,
             "bits_per_byte": text_scores[name]["bits_per_byte"],
             "next_word_agreement": text_scores[name]["next_word_agreement"],
             **scores[name],
+            "draft_acceptance": acceptance,
+            f"draft_tokens_per_step_gamma{DRAFT_GAMMA}": math.nan if math.isnan(acceptance)
+            else expected_accepted_tokens(acceptance),
             "generation_tokens_per_second": speed[name],
-        } for name, model in contenders.items()}).T
+            **serving.get(name, {}),
+        }
+    return pd.DataFrame(rows).T

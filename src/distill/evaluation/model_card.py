@@ -86,6 +86,27 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def speed_summary(metrics: dict) -> str | None:
+    """The student's measured speed-ups over the teacher (metrics.json's "speed"), as a
+    sentence; None when the run measured none. Ratios, unlike tokens/s, change little
+    from run to run on one machine, but they do change between machines."""
+    student = (metrics.get("speed") or {}).get("student") or {}
+    prefix = "decode_speedup_batch"
+    batches = sorted(int(key.removeprefix(prefix)) for key, value in student.items()
+                     if key.startswith(prefix) and value is not None)
+    figures = [f"{student[f'{prefix}{batch}']:.2f}x at batch {batch}" for batch in batches]
+    if not figures:
+        return None
+    text = ("Greedy decoding of a fixed number of tokens, on the machine that evaluated it: "
+            f"{', '.join(figures)} the teacher's tokens/s")
+    if student.get("scoring_speedup") is not None:
+        text += f"; teacher-forced scoring {student['scoring_speedup']:.2f}x"
+    if student.get("assisted_speedup") is not None:
+        text += (f". As the teacher's draft model (speculative decoding), the teacher's greedy "
+                 f"answers came {student['assisted_speedup']:.2f}x as fast")
+    return text + "."
+
+
 def _get(section: dict, key: str):
     return MISSING if section.get(key) is None else section[key]
 
@@ -154,6 +175,7 @@ def render_model_card(*, teacher: str, student_name: str, params: dict, metrics:
         "teacher's own completions.",
         "## How it was made", "\n".join(_made(params, environment)),
         "## Metrics", metrics_table(metrics),
+        *(["## Speed", speed] if (speed := speed_summary(metrics)) else []),
         "## How to use", usage(chat),
         "## Limitations",
         "The figures above are measured on the suite's held-out prompts and prose, not on "

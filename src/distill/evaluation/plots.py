@@ -92,3 +92,39 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
         axis.set_visible(False)
     figure.tight_layout()
     return save_figure(figure, run_dir, "run_comparison")
+
+
+FRONTIER_QUALITY = {"heldout_kl": "held-out KL (lower is better)",
+                    "prose_kl": "prose KL (lower is better)",
+                    "top1_agreement": "top-1 agreement",
+                    "reference_in_answer": "reference in answer (graded)"}
+
+
+def frontier(table: pd.DataFrame, teacher: dict, run_dir=None):
+    """Quality against measured decode speed-up, one panel per figure: a point per run
+    (rows of `compare.compare_runs`, labelled by layer count), at its batch-1 speed-up
+    (filled) and batch-32 speed-up (hollow), and the teacher (`teacher`: its metrics
+    row) at speed-up 1."""
+    quality = {k: v for k, v in FRONTIER_QUALITY.items() if k in table}
+    figure, axes = plt.subplots(1, len(quality), figsize=(4.2 * len(quality), 3.6),
+                                squeeze=False)
+    frame = table.sort_values("decode_speedup_batch1")
+    for axis, (metric, title) in zip(axes.flat, quality.items()):
+        for batch, style in (("batch1", {}), ("batch32", {"facecolor": "none"})):
+            column = f"decode_speedup_{batch}"
+            if column in frame:
+                axis.scatter(frame[column], frame[metric], edgecolor="C0", s=40,
+                             label=f"student, {batch.replace('batch', 'batch ')}", **style)
+        axis.plot(frame["decode_speedup_batch1"], frame[metric], color="C0", alpha=0.4)
+        for _, row in frame.iterrows():
+            if pd.notna(row.get("layers")):
+                axis.annotate(f"{int(row['layers'])}L", (row["decode_speedup_batch1"], row[metric]),
+                              textcoords="offset points", xytext=(4, 4), fontsize=8)
+        value = {"heldout_kl": 0.0, "prose_kl": 0.0, "top1_agreement": 1.0}.get(
+            metric, teacher.get(metric))
+        if value is not None:
+            axis.scatter([1.0], [value], marker="*", s=160, color="C3", label="teacher")
+        axis.set(title=title, xlabel="decode speed-up over the teacher", ylabel="")
+    axes.flat[0].legend(fontsize=8)
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "frontier")

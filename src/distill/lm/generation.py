@@ -97,7 +97,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
              do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
              top_k_logprobs: int = 0, token_logprobs: bool = False,
              abandoned: Callable[[], list[bool]] | None = None,
-             watermark=None, stop_after_fences: bool = False) -> list[dict]:
+             watermark=None, stop_after_fences: bool = False,
+             fixed_length: bool = False) -> list[dict]:
     """Generate for one batch of tokenized prompts (left-padded together).
 
     Returns one dict per prompt: `completion_ids` (up to and including the stop
@@ -110,7 +111,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     logits by the token before it; the log-probs recorded are then the watermarked
     model's, the distribution the tokens were drawn from. With `stop_after_fences`, a
     row stops at the token that closes its first ``` block (code answers: the prose a
-    model adds after its code is not needed).
+    model adds after its code is not needed). With `fixed_length`, no row stops early:
+    every row decodes `max_new_tokens` (speed measurement: the same work for every model).
 
     A decode loop of its own rather than `model.generate`, for speed on CPU: a row
     that has finished leaves the batch (and the KV cache) at once instead of being
@@ -121,7 +123,8 @@ def generate(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int,
     """
     from transformers import DynamicCache
 
-    stops = torch.tensor(stop_token_ids(tokenizer, model.generation_config))
+    stops = torch.tensor([] if fixed_length else stop_token_ids(tokenizer, model.generation_config),
+                         dtype=torch.long)
     cache = DynamicCache(config=model.config)
     with_cache = {_cache_argument(model): cache, "use_cache": True}
     mask, position, logits = _prefill(model, tokenizer, prompt_ids, cache)
