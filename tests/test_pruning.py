@@ -5,7 +5,7 @@ runs and generates, width pruning with every channel kept is the teacher exactly
 import pytest
 import torch
 
-from distill.lm import generation, pruning
+from distill.lm import budgets, generation, pruning
 from distill.lm.models import count_parameters
 
 CALIBRATION = [[1, 5, 9, 3, 7, 2, 11, 4], [4, 4, 8, 6, 10, 12, 30, 31, 2]]
@@ -17,7 +17,7 @@ def teacher(tiny_model_factory):
 
 
 def _budget(teacher, n_layers):
-    outside, per_layer = pruning._layer_parameters(teacher)
+    outside, per_layer = budgets.layer_parameters(teacher)
     return outside + n_layers * per_layer
 
 
@@ -72,7 +72,7 @@ def test_block_drops_the_closest_contiguous_block():
 
 
 def test_auto_keeps_the_lowest_scoring_candidate(teacher, monkeypatch):
-    scores = {"alternate": 3.0, "depth": 2.0, "block": 0.5, "width": 1.0}
+    scores = {"alternate": 3.0, "depth": 2.0, "block": 0.5, "width": 1.0, "depth_width": 2.5}
 
     def score(student):  # a constructed case: each recipe's student gets its score
         return scores[student.config.distill_prune_recipe_for_test]
@@ -107,3 +107,47 @@ def test_budget_as_share_or_count(teacher):
     assert pruning.budget_parameters(teacher, 0.5) == int(0.5 * total)
     assert pruning.budget_parameters(teacher, 12345.0) == 12345
     assert pruning.budget_parameters(teacher, None) is None
+
+
+def _modelled_speedup(teacher):
+    """A stand-in for timing: decode time = a fixed part (embedding, LM head) plus, per
+    layer, attention and an MLP whose cost follows its width, as measured on CPUs."""
+    full = teacher.config.intermediate_size
+
+    def seconds(model):
+        width = model.model.layers[0].mlp.down_proj.in_features / full
+        return 6.0 + len(model.model.layers) * (0.4 + 0.6 * width)
+
+    return lambda model: seconds(teacher) / seconds(model)
+
+
+def test_layers_for_a_speedup_is_the_most_that_meet_it(teacher):
+    speedup_of = _modelled_speedup(teacher)  # 6 layers: 12 s; k layers: 6 + k s
+    layers, measured = pruning.layers_for_speedup(teacher, 1.5, speedup_of)
+    assert layers == 2  # 8 s is 1.5x; 3 layers (9 s) is 1.33x
+    assert measured[2] == pytest.approx(1.5) and measured[3] < 1.5
+    with pytest.raises(pruning.PruningError, match="one layer decodes only 1.71x"):
+        pruning.layers_for_speedup(teacher, 2.5, speedup_of)
+
+
+def test_depth_width_keeps_more_narrower_layers_at_the_same_speed(teacher):
+    speedup_of = _modelled_speedup(teacher)
+    budget = pruning.SpeedBudget(1.25, speedup_of)  # 9.6 s: 3 full layers
+    depth = pruning.prune(teacher, "depth", CALIBRATION, budget)
+    both = pruning.prune(teacher, "depth_width", CALIBRATION, budget)
+    assert len(depth.model.layers) == 3 and depth.config.intermediate_size == 64
+    assert len(both.model.layers) == 4  # ceil(1.25 * 3)
+    # 6 + 4 * (0.4 + 0.6 w) <= 9.6 s: w <= 0.83, 52 of 64 channels in steps of 4
+    assert both.config.intermediate_size == 52 and speedup_of(both) >= 1.25
+    assert pruning.prune(teacher, "width", CALIBRATION, budget).config.intermediate_size == 20
+    with pytest.raises(pruning.PruningError, match="6 layers miss it at any MLP width"):
+        pruning.prune(teacher, "width", CALIBRATION, pruning.SpeedBudget(1.6, speedup_of))
+
+
+def test_auto_at_a_speed_budget_leaves_out_what_cannot_meet_it(teacher):
+    student, table = pruning.build(teacher, "auto", None, None, CALIBRATION,
+                                   lambda m: float(len(m.model.layers)), 1.6,
+                                   _modelled_speedup(teacher))
+    assert table["width"]["score"] is None and "any MLP width" in table["width"]["left out"]
+    assert student.config.num_hidden_layers == 1  # 7 s; 2 layers (8 s) are 1.5x
+    assert student.config.distill_speedup_measured["1"] >= 1.6

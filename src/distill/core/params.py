@@ -46,7 +46,8 @@ from .params_fields import (
 STAGES = ("teacher_sampling", "student_training", "evaluation")
 # run.precision: auto measures (distill.core.precision); the others are taken as they are.
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-PRUNE_RECIPES = ("alternate", "depth", "block", "width", "auto")  # distill.lm.pruning
+# distill.lm.pruning.RECIPES and auto
+PRUNE_RECIPES = ("alternate", "depth", "block", "width", "depth_width", "auto")
 
 
 # a stage's own number format, spelled as run.precision (fp32, bf16, fp16), or null
@@ -157,12 +158,22 @@ class StudentTrainingParams:
     prune_recipe: str = _p("alternate", "how a pruned student is cut from the teacher: "
                            "alternate (every other layer), depth (layers of least block "
                            "influence), block (the most redundant contiguous layers), width "
-                           "(MLP channels of least activation), auto (the best of these by "
-                           "validation KL)", (lambda v: v in PRUNE_RECIPES,
-                                              "must be one of " + ", ".join(PRUNE_RECIPES)))
+                           "(MLP channels of least activation), depth_width (a quarter more "
+                           "layers than depth, narrower MLPs), auto (the best of these by "
+                           "validation KL, after prune_probe_steps of training)",
+                           (lambda v: v in PRUNE_RECIPES,
+                            "must be one of " + ", ".join(PRUNE_RECIPES)))
     student_size: float | None = _p(None, "parameter budget of a pruned student: a share of "
                                     "the teacher's (0.6) or a count (8.0e7); null: half the "
                                     "layers", (lambda v: v is None or v > 0, "must be > 0"))
+    student_speedup: float | None = _p(None, "speed budget of a pruned student instead of "
+                                       "student_size: it decodes at least this many times "
+                                       "the teacher's tokens/s at batch 1 and 32, timed on "
+                                       "this machine (2.0)",
+                                       (lambda v: v is None or v > 1, "must be > 1"))
+    prune_probe_steps: int = _p(0, "auto: train each candidate this many steps on the "
+                                "training samples before scoring it (0: score at "
+                                "initialisation)", non_negative)
     student_layers: list | None = _p(None, "teacher layers the pruned student keeps "
                                      "(alternate only); null lets the recipe choose")
     student_config: dict = _p({}, "config overrides when student is config, e.g. "
@@ -278,6 +289,17 @@ class EvaluationParams:
     code_temperature: float = _p(0.8, "sampling temperature of those answers", positive)
     code_timeout_s: float = _p(5.0, "wall-clock limit per answer's run, seconds", positive)
     code_memory_mb: int = _p(512, "address-space limit per answer's run, MB", positive)
+    speed_batch_sizes: list = _p([1, 32], "batch sizes of the fixed-length decode speed "
+                                 "figures (decode_speedup_batch<n>); [] skips them",
+                                 (lambda v: all(isinstance(b, int) and b > 0 for b in v),
+                                  "must be a list of positive integers"))
+    speed_new_tokens: int = _p(64, "new tokens each prompt decodes when timing (no early "
+                               "stop)", positive)
+    speed_repeats: int = _p(3, "timings per figure after a warm-up; the best is kept",
+                            positive)
+    assisted_prompts: int = _p(8, "held-out prompts the teacher answers with the student as "
+                               "its draft model, timed against the teacher alone (0: skip)",
+                               non_negative)
 
 
 SECTIONS = {

@@ -56,6 +56,9 @@ def check_across_sections(params, source: str) -> None:
                           "own, unmarked logits in stage 02; use kd_source topk, "
                           "hidden_weight 0 and lmbda 0")
     _check_tokenizers(training, embedded, source)
+    if training.student_speedup is not None and training.student_size is not None:
+        raise ParamsError(f"{source}: student_training: student_speedup and student_size are "
+                          "two budgets for one student; set one of them (the other null)")
     layers = training.student_layers
     if layers is not None and training.prune_recipe != "alternate":
         raise ParamsError(f"{source}: student_training.student_layers names the layers "

@@ -3,8 +3,9 @@
 loss. `python -m distill.training RUN_DIR` is the launched entry point."""
 
 from .batch_loss import on_policy_examples
+from .finetune import probe_score
 from .launcher import TrainingFailed, launch, transfer_set
 from .loop import adamw, latest_checkpoint, train
 
 __all__ = ["TrainingFailed", "adamw", "latest_checkpoint", "launch", "on_policy_examples",
-           "train", "transfer_set"]
+           "probe_score", "train", "transfer_set"]

@@ -1,5 +1,6 @@
 """Copies of a model, trained: `trained_copy` (a copy trained and cast for use, as the
-studies train their students), and `changed_teacher`, a copy fine-tuned by
+studies train their students), `probe_score` (what a short training says of a pruning
+candidate), and `changed_teacher`, a copy fine-tuned by
 cross-entropy for a few steps. A changed teacher is what a vendor's quiet update of the
 model behind an API looks like from outside; the drift study (notebook 07), the
 fingerprint tests and benchmark, and the provenance study use it.
@@ -11,7 +12,9 @@ teacher's answers): on its own answers the gradient is near zero and it barely m
 from __future__ import annotations
 
 import copy
+import dataclasses
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from ..core.params import StudentTrainingParams
 from ..core.runs import CHECKPOINTS
 from ..lm.models import load_model, save_model
 from ..lm.samples import Example
+from ..lm.validation import topk_fidelity
 from .loop import train
 
 
@@ -38,6 +42,27 @@ def trained_copy(start, examples: list[Example], folder: str | Path, config, *, 
                 validation=validation, save_to=save_to)
     shutil.rmtree(Path(folder) / CHECKPOINTS, ignore_errors=True)
     return model.to(getattr(torch, dtype)).eval(), log
+
+
+def probe_score(student, examples: list[Example], validation: list[Example],
+                config: StudentTrainingParams, steps: int, *, seed: int = 0,
+                tokenizer=None) -> float:
+    """The validation KL of a copy of `student` trained `steps` optimizer steps as
+    `config` says, offline (the cached top-k, no teacher in memory), its schedule fitted
+    to those steps: a predictor of how a pruning candidate ends after full training,
+    where its KL at initialisation is not one (a depth-pruned student starts far
+    further from the teacher than a width-pruned one, and overtakes it). `student` is
+    left as it is."""
+    probe = dataclasses.replace(config, max_steps=steps, epochs=10**6, kd_source="topk",
+                                hidden_weight=0.0, lmbda=0.0, validation_size=0,
+                                warmup_steps=min(config.warmup_steps, steps // 5),
+                                checkpoint_every=10**9, keep="last", processes=1,
+                                accelerate_config=None)
+    with tempfile.TemporaryDirectory(prefix="distill-probe-") as folder:
+        trained, _ = trained_copy(student, examples, folder, probe, dtype="float32",
+                                  seed=seed, tokenizer=tokenizer)
+    pad_id = (tokenizer.pad_token_id if tokenizer is not None else None) or 0
+    return topk_fidelity(trained, validation, pad_id)["kl"]
 
 
 def changed_teacher(model, tokenizer, examples: list[Example], steps: int, folder: str | Path,
