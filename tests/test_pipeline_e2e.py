@@ -75,6 +75,25 @@ def test_student_loads_with_transformers(smoke_run):
     assert tokenizer.chat_template
 
 
+def test_speed_and_draft_figures_are_measured_for_teacher_and_student(smoke_run):
+    """Stage 03's serving figures (smoke.yaml: batch 1 and 4) and what the student is
+    worth as the teacher's draft model."""
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    speed, models = metrics["speed"], metrics["models"]
+    for batch in (1, 4):
+        assert speed["teacher"][f"decode_speedup_batch{batch}"] == 1.0
+        assert speed["student"][f"decode_tokens_per_second_batch{batch}"] > 0
+    assert speed["student"]["scoring_speedup"] > 0 and speed["student"]["assisted_speedup"] > 0
+    assert "decode_speedup_batch1" not in speed["student_init"]  # the student's shape: not re-timed
+    assert models["teacher"]["draft_acceptance"] == pytest.approx(1.0, abs=1e-4)
+    assert 0 < models["student_init"]["draft_acceptance"] < models["student"]["draft_acceptance"] < 1
+    assert 1 < models["student"]["draft_tokens_per_step_gamma4"] < 5
+    precision = json.loads((smoke_run / "manifest.json").read_text())["precision"]["choice"]
+    if precision == "fp32":  # speculative decoding leaves the teacher's greedy output as it is
+        assert speed["student"]["assisted_identical"] == 1.0
+    assert "## Speed" in (smoke_run / "student" / "README.md").read_text()
+
+
 def test_rerunning_evaluation_gives_identical_metrics(smoke_run):
     before = json.loads((smoke_run / "metrics.json").read_text())["models"]
     run_pipeline(smoke_run, from_stage="03")

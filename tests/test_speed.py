@@ -72,3 +72,14 @@ def test_assisted_decoding_keeps_the_teachers_greedy_output(tiny_model, mini_tok
     reference = [generation.generate(teacher, never_stops, [p], 8, fixed_length=True)[0]
                  ["completion_ids"] for p in PROMPTS]
     assert alone == reference
+
+
+def test_speedup_meter_times_a_model_against_the_teacher(tiny_model, mini_tokenizer):
+    """The meter a speed budget is cut by: a ratio of measured rates, the smaller of the
+    batch sizes'; a copy of the teacher itself measures near 1 (timing noise aside)."""
+    import copy
+
+    meter = speed.speedup_meter(tiny_model, mini_tokenizer(eos_token_id=63), PROMPTS,
+                                batch_sizes=(1, 2), new_tokens=4, repeats=1)
+    ratio = meter(copy.deepcopy(tiny_model))
+    assert 0.2 < ratio < 5

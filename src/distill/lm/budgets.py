@@ -72,7 +72,6 @@ def layers_within(teacher, budget: int | None) -> int:
     return min(int(keep), n_layers)
 
 
-@torch.inference_mode()
 def channels_within(teacher, budget: int | None) -> int:
     """MLP channels per layer that fit the budget (None: half the parameters of the
     layers, as `alternate` leaves)."""

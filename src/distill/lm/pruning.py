@@ -54,6 +54,7 @@ __all__ = ["RECIPES", "ParameterBudget", "PruningError", "SpeedBudget", "block_k
 
 RECIPES = ("alternate", "depth", "block", "width", "depth_width")
 
+@torch.inference_mode()
 def layer_similarities(teacher, calibration: list[list[int]]) -> torch.Tensor:
     """(layers + 1, layers + 1) mean cosine between the residual stream entering layer
     i and that entering layer j (index `layers`: the last layer's output, before the

@@ -135,14 +135,23 @@ BUDGET_BATCH_SIZES = (1, 32)  # a speed budget holds for one user and for a serv
 
 
 def speedup_meter(teacher, tokenizer, prompt_ids: list[list[int]],
-                  batch_sizes=BUDGET_BATCH_SIZES, new_tokens: int = 32, repeats: int = 2):
+                  batch_sizes=BUDGET_BATCH_SIZES, new_tokens: int = 32, repeats: int = 3):
     """A function model -> its decode speed-up over `teacher` here: the smallest over
-    `batch_sizes` of its tokens/s over the teacher's (a budget must hold at each). The
-    teacher is timed once, now; models are timed as they are (same device and dtype as
-    the teacher, for a fair ratio)."""
-    def rates(model):
-        return [decode_tokens_per_second(model, tokenizer, prompt_ids, b, new_tokens, repeats)
-                for b in batch_sizes]
+    `batch_sizes` of its tokens/s over the teacher's (a budget must hold at each).
+    The teacher is timed again beside every model, turn about (teacher, model, teacher,
+    ...), each the best of its `repeats`: on a shared machine the speed of both drifts by
+    15% within minutes, and a teacher timed once, earlier, biases every ratio after it.
+    Models are timed as they are (same device and dtype as the teacher)."""
+    def ratio(model, batch: int) -> float:
+        batch_ids = _cycled(prompt_ids, batch)
+        runs = {"teacher": float("inf"), "model": float("inf")}
+        for who in (teacher, model):  # warm-up, short
+            generate(who, tokenizer, batch_ids, min(new_tokens, 4), fixed_length=True)
+        for _ in range(repeats):
+            for name, who in (("teacher", teacher), ("model", model)):
+                start = time.perf_counter()
+                generate(who, tokenizer, batch_ids, new_tokens, fixed_length=True)
+                runs[name] = min(runs[name], time.perf_counter() - start)
+        return runs["teacher"] / runs["model"]
 
-    reference = rates(teacher)
-    return lambda model: min(r / t for r, t in zip(rates(model), reference))
+    return torch.inference_mode()(lambda model: min(ratio(model, b) for b in batch_sizes))
