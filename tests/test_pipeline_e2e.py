@@ -86,7 +86,8 @@ def test_speed_and_draft_figures_are_measured_for_teacher_and_student(smoke_run)
     assert speed["student"]["scoring_speedup"] > 0 and speed["student"]["assisted_speedup"] > 0
     assert "decode_speedup_batch1" not in speed["student_init"]  # the student's shape: not re-timed
     assert models["teacher"]["draft_acceptance"] == pytest.approx(1.0, abs=1e-4)
-    assert 0 < models["student_init"]["draft_acceptance"] < models["student"]["draft_acceptance"] < 1
+    drafts = [models[m]["draft_acceptance"] for m in ("student_init", "student")]
+    assert 0 < drafts[0] < drafts[1] < 1  # distillation made a better draft
     assert 1 < models["student"]["draft_tokens_per_step_gamma4"] < 5
     precision = json.loads((smoke_run / "manifest.json").read_text())["precision"]["choice"]
     if precision == "fp32":  # speculative decoding leaves the teacher's greedy output as it is
