@@ -69,9 +69,10 @@ def test_student_loads_with_transformers(smoke_run):
 
     model = AutoModelForCausalLM.from_pretrained(smoke_run / "student")
     tokenizer = AutoTokenizer.from_pretrained(smoke_run / "student")
-    # auto at 0.6 of the teacher: width pruning measured the lowest KL at init
-    assert model.config.distill_prune_recipe == "width"
-    assert model.config.num_hidden_layers == 30 and model.config.intermediate_size < 1536
+    # auto at 0.6 of the teacher: depth_width (18 of 30 layers, narrower MLPs) measured
+    # the lowest KL at init, below width's (every layer, narrower still)
+    assert model.config.distill_prune_recipe == "depth_width"
+    assert model.config.num_hidden_layers == 18 and model.config.intermediate_size < 1536
     assert tokenizer.chat_template
 
 
@@ -84,7 +85,7 @@ def test_speed_and_draft_figures_are_measured_for_teacher_and_student(smoke_run)
         assert speed["teacher"][f"decode_speedup_batch{batch}"] == 1.0
         assert speed["student"][f"decode_tokens_per_second_batch{batch}"] > 0
     assert speed["student"]["scoring_speedup"] > 0 and speed["student"]["assisted_speedup"] > 0
-    assert "decode_speedup_batch1" not in speed["student_init"]  # the student's shape: not re-timed
+    assert speed["student_init"]["decode_speedup_batch1"] is None  # the student's shape: not timed
     assert models["teacher"]["draft_acceptance"] == pytest.approx(1.0, abs=1e-4)
     drafts = [models[m]["draft_acceptance"] for m in ("student_init", "student")]
     assert 0 < drafts[0] < drafts[1] < 1  # distillation made a better draft
