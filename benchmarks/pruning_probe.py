@@ -1,91 +1,82 @@
-"""Does a short training probe rank pruning recipes the way full training does, where the
-KL at initialisation does not?
+"""Does a short training probe rank pruned students the way full training does, where
+the KL at initialisation does not?
 
-    python benchmarks/pruning_probe.py outputs/<run> [--speedup 2.0 | --student-size 0.6]
-                                       [--probe-steps 30] [--trained RECIPE=RUN ...]
+    python benchmarks/pruning_probe.py RUN [RUN ...] [--probe-steps 30]
 
-Cuts every recipe of `distill.lm.pruning` at one budget (a decode speed-up measured here,
-or a parameter budget) from the run's teacher samples, as notebook 02 does, and prints
-per recipe: layers, parameters, the validation KL at initialisation and after
-`--probe-steps` optimizer steps of the run's own training settings (`probe_score`, what
-`auto` with `prune_probe_steps` ranks by). `--trained recipe=RUN` adds the held-out KL of
-that recipe's fully trained student (a finished run with the same budget), and the
-script then asserts its premise (every ranked recipe has a trained run) and prints
-whether each predictor ranks the recipes in the trained order.
+Each RUN is a finished run whose student was pruned from the teacher (any recipe and
+budget). The script asserts its premise: every run read the same teacher samples and
+trained with the same settings but the pruning (recipe, student_size, student_speedup),
+so the trained figures differ by the cut alone. Then, for each run's `student_init/` (the
+exact student its training started from), it prints the validation KL at initialisation
+and after `--probe-steps` optimizer steps of those settings (`training.probe_score`, what
+`auto` with `prune_probe_steps` ranks by), beside the held-out KL the full training
+reached (metrics.json), and says whether each predictor ranks the runs in the trained
+order.
 """
 
 import argparse
-import copy
+import dataclasses
+import hashlib
+from pathlib import Path
 
 import pandas as pd
 
 from distill import training
 from distill.core.params import load_params
-from distill.core.runs import PARAMS, read_metrics
-from distill.lm import models, pruning, speed, validation
+from distill.core.runs import PARAMS, SAMPLES, STUDENT_INIT, read_metrics
+from distill.lm import models, validation
+
+PRUNING_KEYS = {"prune_recipe", "student_size", "student_speedup"}
+
+
+def samples_digest(run_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for shard in sorted((run_dir / SAMPLES).glob("*.parquet")):
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("run_dir")
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--speedup", type=float)
-    budget.add_argument("--student-size", type=float, default=None)
+    parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--probe-steps", type=int, default=30)
-    parser.add_argument("--trained", action="append", default=[],
-                        help="RECIPE=RUN_DIR: a full run of that recipe at this budget")
     args = parser.parse_args()
 
-    params = load_params(f"{args.run_dir}/{PARAMS}")
-    config, seed = params.student_training, params.run.seed
-    teacher, tokenizer = models.load_model(params.run.teacher)
-    examples, slices = training.transfer_set(args.run_dir, config, seed)
+    params = {run: load_params(run / PARAMS) for run in args.runs}
+    settings = {run: {k: v for k, v in dataclasses.asdict(p.student_training).items()
+                      if k not in PRUNING_KEYS} for run, p in params.items()}
+    first = args.runs[0]
+    for run in args.runs[1:]:  # the premise: the cut is the only difference
+        assert samples_digest(run) == samples_digest(first), f"{run}: other samples than {first}"
+        differ = {k for k in settings[first] if settings[run].get(k) != settings[first][k]}
+        assert not differ, f"{run}: trained otherwise than {first}: {sorted(differ)}"
+    config, seed = params[first].student_training, params[first].run.seed
+    examples, slices = training.transfer_set(first, config, seed)
     scored = slices.get("val") or examples[:32]
-    calibration = [e.input_ids for e in examples[:32]]
-    if args.speedup:
-        meter = speed.speedup_meter(copy.deepcopy(teacher), tokenizer,
-                                    [e.input_ids[:e.prompt_length] for e in examples[:32]])
-        cut = pruning.SpeedBudget(args.speedup, meter)
-    else:
-        cut = pruning.ParameterBudget(teacher, pruning.budget_parameters(
-            teacher, args.student_size or config.student_size))
-    print(f"budget: {cut}; probe: {args.probe_steps} steps of batch {config.batch_size}, "
-          f"lr {config.lr}; {len(scored)} validation sequences")
     rows = {}
-    for recipe in pruning.RECIPES:
-        try:
-            student = pruning.prune(teacher, recipe, calibration, cut)
-        except pruning.PruningError as error:
-            print(f"{recipe}: left out ({error})")
-            continue
-        rows[recipe] = {
+    for run in args.runs:
+        student, tokenizer = models.load_model(str(run / STUDENT_INIT))
+        rows[run.name] = {
+            "recipe": student.config.distill_prune_recipe,
             "layers": student.config.num_hidden_layers,
             "mlp": student.config.intermediate_size,
-            "parameters_m": models.count_parameters(student) / 1e6,
+            "parameters_m": round(models.count_parameters(student) / 1e6, 1),
             "kl_at_init": validation.topk_fidelity(student, scored, tokenizer.pad_token_id)["kl"],
             "kl_after_probe": training.probe_score(student, examples, scored, config,
                                                    args.probe_steps, seed=seed,
-                                                   tokenizer=tokenizer)}
-        print(recipe, {k: round(v, 3) for k, v in rows[recipe].items()}, flush=True)
-    if getattr(cut, "measured", None):
-        print("speed-up measured by layer count:",
-              {k: round(v, 2) for k, v in cut.measured.items()})
+                                                   tokenizer=tokenizer),
+            "trained_heldout_kl": read_metrics(run)["models"]["student"]["heldout_kl"]}
+        print(run.name, rows[run.name], flush=True)
     table = pd.DataFrame(rows).T
-    trained = dict(item.split("=", 1) for item in args.trained)
-    if trained:
-        missing = set(table.index) - set(trained)
-        assert not missing, f"premise: every recipe ranked needs its trained run; missing {missing}"
-        table["trained_heldout_kl"] = [read_metrics(trained[r])["models"]["student"]["heldout_kl"]
-                                       for r in table.index]
-    print(table.round(3).to_string())
-    if trained:
-        truth = list(table["trained_heldout_kl"].sort_values().index)
-        for predictor in ("kl_at_init", "kl_after_probe"):
-            order = list(table[predictor].sort_values().index)
-            print(f"{predictor}: ranks {order}; trained {truth}: "
-                  f"{'same order' if order == truth else 'differs'}; best pick "
-                  f"{'right' if order[0] == truth[0] else 'wrong'}")
+    print(f"probe: {args.probe_steps} steps; validation: {len(scored)} sequences")
+    print(table.to_string())
+    truth = list(table["trained_heldout_kl"].astype(float).sort_values().index)
+    for predictor in ("kl_at_init", "kl_after_probe"):
+        order = list(table[predictor].astype(float).sort_values().index)
+        verdict = "the trained order" if order == truth else f"not the trained order {truth}"
+        print(f"{predictor} ranks {order}: {verdict}; best pick "
+              f"{'right' if order[0] == truth[0] else 'wrong'}")
 
 
 if __name__ == "__main__":
