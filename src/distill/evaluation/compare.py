@@ -43,6 +43,7 @@ COLUMNS = {
     "rouge_l_vs_teacher": "ROUGE-L of the student's answer against the teacher's",
     "exact_match": "answer equals the reference",
     "reference_in_answer": "reference appears in the answer",
+    "prose_kl": "KL(teacher || student) on held-out prose, lower is better",
     "perplexity": "corpus perplexity, lower is better",
     "layers": "decoder layers of the student",
     "draft_acceptance": "sum of min(p_teacher, p_student): a drafted token's acceptance rate",
