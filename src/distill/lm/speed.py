@@ -32,10 +32,10 @@ from .generation import generate, right_padded_logits
 DRAFT_GAMMA = 4  # draft length the expected-accepted-length figure is given for
 
 
-def _best_seconds(work, repeats: int, warm_up=None) -> float:
-    """Fastest of `repeats` timings of `work()`, after one untimed `warm_up()` (default:
-    `work()` itself)."""
-    (warm_up or work)()
+def _best_seconds(work, repeats: int, warm_up) -> float:
+    """Fastest of `repeats` timings of `work()`, after one untimed, shorter `warm_up()`
+    (the first call's one-time costs)."""
+    warm_up()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
