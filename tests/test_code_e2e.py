@@ -38,6 +38,8 @@ def test_the_code_smoke_run_judges_three_models_by_their_code(tmp_path):
         assert figures["pass@1_greedy"] == pytest.approx(greedy["outcome"].eq("passed").mean())
         assert figures["code_tasks"] == 4 and "pass@1" in figures
         assert metrics["speed"][model]["sandbox_seconds_per_answer"] > 0
+        low, high = metrics["intervals"][model]["pass@1_greedy"]  # over the 4 tasks
+        assert low <= figures["pass@1_greedy"] <= high
     assert (run_dir / "figures" / "code_outcomes.png").is_file()
     notebook = nbformat.read(run_dir / "03_evaluation.ipynb", as_version=4)
     printed = "".join(output.get("text", "") + json.dumps(output.get("data", {}))

@@ -94,6 +94,26 @@ def test_speed_and_draft_figures_are_measured_for_teacher_and_student(smoke_run)
     assert "## Speed" in (smoke_run / "student" / "README.md").read_text()
 
 
+def test_every_quality_figure_has_an_interval_and_items_behind_it(smoke_run):
+    from distill.evaluation import intervals
+
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    items = intervals.read_items(smoke_run)
+    for model in ("teacher", "student_init", "student"):
+        bounds = metrics["intervals"][model]
+        for figure in ("heldout_kl", "top1_agreement", "prose_kl", "perplexity", "bits_per_byte",
+                       "next_word_agreement", "rouge_l_vs_teacher", "reference_in_answer"):
+            low, high = bounds[figure]
+            assert low <= metrics["models"][model][figure] <= high, (model, figure)
+    # the graded answers: the split's own and the smoke's 8 of the written set
+    graded = items[(items["model"] == "student") & (items["figure"] == "reference_in_answer")]
+    assert graded["item"].str.startswith("graded-").sum() == 8
+    assert metrics["models"]["student"]["graded_prompts"] == len(graded) > 8
+    paired = metrics["paired"]["student - student_init"]["heldout_kl"]
+    assert paired["items"] == metrics["heldout_prompts"] and paired["low"] <= paired["high"]
+    assert paired["difference"] < 0  # distillation lowered the KL
+
+
 def test_rerunning_evaluation_gives_identical_metrics(smoke_run):
     before = json.loads((smoke_run / "metrics.json").read_text())["models"]
     run_pipeline(smoke_run, from_stage="03")

@@ -41,3 +41,7 @@ def test_the_speech_smoke_run_distils_whisper(tmp_path):
     assert models["student"]["heldout_kl"] < models["student_init"]["heldout_kl"]
     assert models["student"]["parameters_m"] < models["teacher"]["parameters_m"]
     assert speed["student"]["real_time_factor"] > 0 and speed["teacher"]["speedup_vs_teacher"] == 1
+    for figure in ("wer", "wer_vs_teacher", "heldout_kl", "top1_agreement"):  # per clip
+        low, high = metrics["intervals"]["student"][figure]
+        assert low <= models["student"][figure] <= high, figure
+    assert "heldout_kl" in metrics["paired"]["student - student_init"]

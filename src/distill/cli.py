@@ -24,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
                      help="stop after this stage: 01/02/03 or its name")
     run.add_argument("--log-output", action="store_true",
                      help="stream the notebooks' output to this terminal")
+    run.add_argument("--seeds", metavar="SEEDS",
+                     help="run each seed (0,1,2 or 0-2) as a whole run, in one folder with "
+                     "their aggregate (mean, sd, t-interval per figure); given that folder "
+                     "instead of a params file, go on where it stopped")
 
     sweep = commands.add_parser("sweep", help="run the variants of a sweep file on shared samples")
     sweep.add_argument("sweep_file", help="a sweep YAML, e.g. params/sweeps/objectives.yaml")
@@ -129,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args)
 
     from .lm.models import ModelNotFound
-    from .pipeline import StageFailed, run_pipeline, run_sweep
+    from .pipeline import (
+        StageFailed,
+        is_seeds_folder,
+        parse_seeds,
+        run_pipeline,
+        run_seeds,
+        run_sweep,
+    )
     from .teachers.api_client import ApiTeacherError
 
     try:
@@ -143,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
             return _fingerprint(args)
         if args.command == "sweep":
             return _compare(run_sweep(args.sweep_file, args.overrides), None)
+        if args.seeds or is_seeds_folder(args.source):
+            if args.from_stage or args.to_stage:
+                raise ParamsError("--from and --to apply to one run; with seeds, give the "
+                                  "seeds folder to go on where it stopped")
+            group = run_seeds(args.source, parse_seeds(args.seeds) if args.seeds else None,
+                              args.overrides, args.log_output)
+            return _print_aggregate(group)
         run_pipeline(args.source, args.overrides, args.from_stage, args.log_output,
                      args.to_stage)
     except (ParamsError, ValueError, FileNotFoundError, ApiTeacherError,
@@ -272,16 +290,34 @@ def _settings(settings: list[str]) -> dict:
     return parsed
 
 
+def _print_aggregate(group) -> int:
+    import pandas as pd
+
+    from .evaluation.seeds import AGGREGATE
+
+    table = pd.read_csv(group / AGGREGATE, index_col=["model", "figure"])
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(table.loc["student"].round(4).to_string() if "student" in table.index
+              else table.round(4).to_string())
+    print(f"Every model's figures: {group / AGGREGATE}")
+    return 0
+
+
 def _compare(run_dirs, csv_path) -> int:
     import pandas as pd
 
-    from .evaluation.compare import compare_runs
+    from .evaluation.compare import compare_runs, differences_in_words, paired_differences
 
     table = compare_runs(run_dirs)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string())
     if csv_path:
         table.to_csv(csv_path)
+    if len(run_dirs) > 1:  # is a difference real? paired on the held-out items the runs share
+        differences = paired_differences(run_dirs)
+        if not differences.empty:
+            print("\nEach run's student against the first run's (95% intervals, p-values):")
+            print(differences_in_words(differences))
     return 0
 
 

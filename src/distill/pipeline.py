@@ -125,11 +125,11 @@ def preflight(params: Params, source: str | Path, will_sample: bool = True) -> N
 
 
 def prepare_run(source: str | Path, overrides: list[str] = (),
-                will_sample: bool = True) -> tuple[Path, Params]:
-    """A new run folder for a params file, or an existing run folder to continue.
-    Writes the resolved params.yaml; invalid params, files or model names that do
-    not exist, and a teacher endpoint that cannot be used (the last three checked
-    as `preflight` says) stop it before any write."""
+                will_sample: bool = True, run_dir: Path | None = None) -> tuple[Path, Params]:
+    """A new run folder for a params file (`run_dir`, else <output_dir>/<name>-<time>),
+    or an existing run folder to continue. Writes the resolved params.yaml; invalid
+    params, files or model names that do not exist, and a teacher endpoint that cannot
+    be used (the last three checked as `preflight` says) stop it before any write."""
     source = Path(source)
     if source.is_dir():
         run_dir = source
@@ -139,7 +139,10 @@ def prepare_run(source: str | Path, overrides: list[str] = (),
     params = load_params(params_file, overrides)
     preflight(params, params_file, will_sample)
     if not source.is_dir():
-        run_dir = new_run_dir(params.run.output_dir, params.run.name)
+        if run_dir is None:
+            run_dir = new_run_dir(params.run.output_dir, params.run.name)
+        else:
+            run_dir.mkdir(parents=True, exist_ok=False)
         update_manifest(run_dir, params_file=str(source), overrides=list(overrides),
                         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     with atomic_file(run_dir / PARAMS) as handle:
@@ -148,9 +151,10 @@ def prepare_run(source: str | Path, overrides: list[str] = (),
 
 
 def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str | None = None,
-                 log_output: bool = False, to_stage: str | None = None) -> Path:
+                 log_output: bool = False, to_stage: str | None = None,
+                 run_dir: Path | None = None) -> Path:
     """Execute the stages (all, or from `from_stage` on, up to `to_stage`) and return the
-    run folder."""
+    run folder (`run_dir` for a new run where given)."""
     from .core.precision import describe as describe_precision
     from .core.precision import for_run
     from .core.runs import environment
@@ -159,7 +163,7 @@ def run_pipeline(source: str | Path, overrides: list[str] = (), from_stage: str 
     last = STAGES.index(parse_stage(to_stage)) if to_stage else len(STAGES) - 1
     if last < first:
         raise ParamsError(f"--to {to_stage} comes before --from {from_stage}")
-    run_dir, params = prepare_run(source, overrides, will_sample=first == 0)
+    run_dir, params = prepare_run(source, overrides, will_sample=first == 0, run_dir=run_dir)
     update_manifest(run_dir, environment=environment(), seed=params.run.seed)
     print(f"Run folder: {run_dir}")
     # Probed once here; every notebook finds the verdict in the manifest.
@@ -272,3 +276,96 @@ def run_sweep(path: str | Path, overrides: list[str] = ()) -> list[Path]:
         share_samples(run_dirs[0], run_dir)
         run_dirs.append(run_pipeline(run_dir, from_stage="student_training"))
     return run_dirs
+
+
+# --- seeds: one params file, several seeds, one folder ---------------------------------
+
+SEEDS_FILE = "seeds.json"  # what a seeds folder was started with: source, overrides, seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0,1,2' or '0-2' -> [0, 1, 2]; ValueError says what is expected."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+    except ValueError:
+        raise ValueError(f"--seeds {text}: expected seeds such as 0,1,2 or 0-2") from None
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise ValueError(f"--seeds {text}: expected distinct seeds >= 0, such as 0,1,2")
+    return seeds
+
+
+def is_seeds_folder(source: str | Path) -> bool:
+    return (Path(source) / SEEDS_FILE).is_file()
+
+
+def seed_dir(group: Path, seed: int) -> Path:
+    return group / f"seed-{seed}"
+
+
+def run_seeds(source: str | Path, seeds: list[int] | None = None, overrides: list[str] = (),
+              log_output: bool = False) -> Path:
+    """`distill run PARAMS --seeds 0,1,2`: one full run per seed (run.seed set), each in
+    <output_dir>/<name>-seeds-<time>/seed-<n>/, then the aggregate across seeds
+    (distill.evaluation.seeds: mean, standard deviation and t-interval per figure).
+    Given such a folder instead, it goes on: finished seeds are kept, a seed stopped
+    part-way resumes at the stage that did not finish, missing ones run."""
+    from .core.runs import read_json, write_json
+    from .evaluation.seeds import write_aggregate
+
+    source = Path(source)
+    if source.is_dir():
+        group = source
+        started = read_json(group / SEEDS_FILE)
+        if started is None:
+            raise ParamsError(f"{group}: not a seeds folder (no {SEEDS_FILE}); resume a single "
+                              "run with `distill run RUN_FOLDER` and no --seeds")
+        if seeds and seeds != started["seeds"]:
+            raise ParamsError(f"{group}: started with seeds {started['seeds']}, not {seeds}; "
+                              "drop --seeds to go on with them")
+        if overrides:
+            raise ParamsError(f"{group}: a seeds folder goes on with the params it was "
+                              "started with; drop --set")
+        base, overrides, seeds = Path(started["params_file"]), started["overrides"], \
+            started["seeds"]
+    else:
+        if not seeds:
+            raise ParamsError("--seeds: give the seeds to run, such as 0,1,2")
+        base = source
+        for seed in seeds:  # every seed's params, before anything is written
+            preflight(load_params(base, [*overrides, f"run.seed={seed}"]), base)
+        params = load_params(base, overrides)
+        group = new_run_dir(params.run.output_dir, f"{params.run.name}-seeds")
+        write_json(group / SEEDS_FILE, {"params_file": str(base.resolve()),
+                                        "overrides": list(overrides), "seeds": seeds})
+    for seed in seeds:
+        folder = seed_dir(group, seed)
+        print(f"==== seed {seed}: {folder}")
+        unfinished = _unfinished_stage(folder)
+        if not (folder / PARAMS).exists():
+            if folder.exists():  # stopped before its params were written: start it again
+                import shutil
+
+                shutil.rmtree(folder)
+            run_pipeline(base, [*overrides, f"run.seed={seed}"], log_output=log_output,
+                         run_dir=folder)
+        elif unfinished:
+            run_pipeline(folder, from_stage=unfinished, log_output=log_output)
+        else:
+            print("   done before: kept")
+    write_aggregate(group, [seed_dir(group, seed) for seed in seeds])
+    print(f"Aggregate of {len(seeds)} seeds: {group}")
+    return group
+
+
+def _unfinished_stage(run_dir: Path) -> str | None:
+    """The first stage a run folder has not finished, or None when all three are done."""
+    from .core.runs import read_json
+
+    stages = read_json(run_dir / MANIFEST, {}).get("stages", {})
+    for stage in STAGES:
+        if stages.get(stage, {}).get("status") != "done":
+            return stage
+    return None

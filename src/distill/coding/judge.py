@@ -76,6 +76,21 @@ def pass_rates(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).T
 
 
+def item_results(results: pd.DataFrame) -> pd.DataFrame:
+    """Per task and model, in the items table's long form (distill.evaluation.intervals):
+    `pass@1_greedy` (1 or 0) and, where answers were sampled, each `pass@k` estimate."""
+    rows = []
+    for (model, task), frame in results.groupby(["model", "prompt_id"], sort=False):
+        greedy = frame[frame["answer"] == 0]["outcome"].eq("passed")
+        rows.append({"model": model, "figure": "pass@1_greedy", "item": str(task),
+                     "value": float(greedy.iloc[0]), "weight": 1.0})
+        sampled = frame[frame["answer"] > 0]["outcome"].eq("passed")
+        for k in (k for k in PASS_K if k <= len(sampled)):
+            rows.append({"model": model, "figure": f"pass@{k}", "item": str(task),
+                         "value": pass_at_k(len(sampled), int(sampled.sum()), k), "weight": 1.0})
+    return pd.DataFrame(rows, columns=["model", "figure", "item", "value", "weight"])
+
+
 def by_kind(results: pd.DataFrame) -> pd.DataFrame:
     """Greedy pass rate per task kind (rows) and model (columns), the easiest kinds first
     (by the mean over models)."""

@@ -21,6 +21,9 @@ def check_across_sections(params, source: str) -> None:
     sampling = params.teacher_sampling
     k = sampling.top_k_logprobs
     training = params.student_training
+    if params.run.task == "asr" and params.run.heldout_seed is not None:
+        raise ParamsError(f"{source}: run.heldout_seed: a speech set is planned from run.seed "
+                          "alone (texts and voices together); set heldout_seed to null")
     check_teacher_backend(sampling, source, training)
     if embedded and k > embedded.vocab_size:
         raise ParamsError(f"{source}: teacher_sampling.top_k_logprobs: {k} is larger than "

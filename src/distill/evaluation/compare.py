@@ -99,6 +99,44 @@ def compare_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
     return pd.DataFrame([summarize_run(d) for d in run_dirs]).set_index("run")
 
 
+def run_intervals(run_dirs: list[str | Path], model: str = "student") -> dict:
+    """{run folder name: {figure: [low, high]}}: each run's 95% intervals of `model`'s
+    figures, as its metrics.json keeps them (none for a run evaluated before intervals)."""
+    return {Path(d).name: read_metrics(d).get("intervals", {}).get(model, {}) for d in run_dirs}
+
+
+def paired_differences(run_dirs: list[str | Path], model: str = "student") -> pd.DataFrame:
+    """Every run's `model` against the first run's, figure by figure, on the items they
+    share (distill.evaluation.intervals.compare): the difference, its 95% interval and
+    p-value, one row per (run, figure). Runs without per-item results are left out."""
+    from .intervals import compare, read_items
+
+    first, *others = [Path(d) for d in run_dirs]
+    baseline = read_items(first)
+    frames = []
+    for run in others:
+        try:
+            items = read_items(run)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"{run.name}: no paired comparison ({error})")
+            continue
+        frames.append(compare(items, model, model, other=baseline).assign(
+            run=run.name, against=first.name).reset_index())
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True).set_index(["run", "figure"])
+
+
+def differences_in_words(differences: pd.DataFrame) -> str:
+    """`paired_differences` as sentences, one per figure, grouped by run."""
+    from .intervals import in_words
+
+    return "\n".join(
+        f"{run} against {frame['against'].iloc[0]}:\n"
+        + in_words(frame.droplevel("run"), run, frame["against"].iloc[0])
+        for run, frame in differences.groupby(level="run", sort=False))
+
+
 def load_sweep(path: str | Path) -> tuple[Path, dict[str, list[str]]]:
     """(base params file, {variant: overrides}) of a sweep file, each variant validated."""
     path = Path(path)

@@ -22,52 +22,71 @@ import re
 import string
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from ..lm.data import builtin_path, encode_chat
 from ..lm.generation import generate, right_padded_logits, stop_token_ids
-from ..lm.losses import IGNORE_INDEX, dense_divergence, forward_kl
+from ..lm.losses import IGNORE_INDEX, forward_kl
 from ..lm.samples import build_examples, collate
 
 
 @torch.inference_mode()
-def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
-                            batch_size: int) -> dict[str, dict]:
-    """{name: {'kl', 'top1_agreement', 'acceptance', 'nll', 'tokens'}} over the completion
-    tokens of `samples` (a samples DataFrame, or Examples such as `samples.prose_examples`),
-    with the teacher's logits computed once per batch for all students. `nll` is the mean
-    next-token loss on the text itself: exp(nll) is the perplexity. `acceptance` is the
-    mean of sum_v min(p_T, p_S) = 1 - total variation: the chance that a token the
-    student drafts is accepted by the teacher in speculative sampling."""
+def teacher_forced_items(teacher, students: dict, samples, pad_id: int,
+                         batch_size: int) -> pd.DataFrame:
+    """One row per model and item (a held-out answer, a prose window) of `samples` (a
+    samples DataFrame, or Examples such as `samples.prose_examples`): over the item's
+    completion tokens (`tokens`), the mean forward KL(p_T || p_S) (`kl`), the share where
+    the argmaxes agree (`top1_agreement`), the mean of sum_v min(p_T, p_S) = 1 - total
+    variation (`acceptance`: the chance that a token the student drafts is accepted by the
+    teacher in speculative sampling) and the mean next-token loss on the text itself
+    (`nll`). The teacher's logits are computed once per batch for all students."""
     examples = samples if isinstance(samples, list) else build_examples(samples)
-    examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding; sums only
-    sums = {name: {"kl": 0.0, "agree": 0, "accept": 0.0, "nll": 0.0, "tokens": 0}
-            for name in students}
+    examples = sorted(examples, key=lambda e: len(e.input_ids))  # less padding
+    rows = []
     for start in tqdm(range(0, len(examples), batch_size), desc="teacher-forced scoring"):
-        batch = {k: v.to(teacher.device)
-                 for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+        chunk = examples[start:start + batch_size]
+        batch = {k: v.to(teacher.device) for k, v in collate(chunk, pad_id).items()}
         inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         teacher_logits = teacher(**inputs).logits[:, :-1].float()
-        keep = batch["labels"] != IGNORE_INDEX
-        count = int(keep.sum())
-        teacher_probs = teacher_logits[keep].softmax(-1)
         for name, student in students.items():
             student_logits = teacher_logits if student is teacher else \
                 student(**inputs).logits[:, :-1].float()  # the teacher among them: once
-            sums[name]["kl"] += float(dense_divergence(
-                forward_kl, student_logits, teacher_logits, batch["labels"])) * count
-            same = student_logits.argmax(-1) == teacher_logits.argmax(-1)
-            sums[name]["agree"] += int(same[keep].sum())
-            sums[name]["accept"] += float(torch.minimum(
-                teacher_probs, student_logits[keep].softmax(-1)).sum())
-            sums[name]["nll"] += float(torch.nn.functional.cross_entropy(
-                student_logits[keep], batch["labels"][keep], reduction="sum"))
-            sums[name]["tokens"] += count
-    return {name: {"kl": s["kl"] / s["tokens"], "top1_agreement": s["agree"] / s["tokens"],
-                   "acceptance": s["accept"] / s["tokens"], "nll": s["nll"] / s["tokens"],
-                   "tokens": s["tokens"]}
-            for name, s in sums.items()}
+            for row, example in enumerate(chunk):  # one item at a time: small vocab-wide tensors
+                keep = batch["labels"][row] != IGNORE_INDEX
+                log_t = teacher_logits[row][keep].log_softmax(-1)
+                log_s = student_logits[row][keep].log_softmax(-1)
+                rows.append({
+                    "model": name, "item": example.item, "tokens": int(keep.sum()),
+                    "kl": float(forward_kl(log_t, log_s).mean()),
+                    "top1_agreement": float((log_s.argmax(-1) == log_t.argmax(-1)).float().mean()),
+                    "acceptance": float(torch.minimum(log_t.exp(), log_s.exp()).sum(-1).mean()),
+                    "nll": float(torch.nn.functional.nll_loss(log_s, batch["labels"][row][keep]))})
+    return pd.DataFrame(rows, columns=["model", "item", "tokens", "kl", "top1_agreement",
+                                       "acceptance", "nll"])
+
+
+def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
+                            batch_size: int) -> dict[str, dict]:
+    """{name: {'kl', 'top1_agreement', 'acceptance', 'nll', 'tokens'}}: the figures of
+    `teacher_forced_items` over all completion tokens (each item weighted by its tokens).
+    exp(nll) is the perplexity."""
+    return summarize_items(teacher_forced_items(teacher, students, samples, pad_id, batch_size),
+                           "tokens")
+
+
+def summarize_items(items: pd.DataFrame, weight: str) -> dict[str, dict]:
+    """{model: {figure: mean over items weighted by the `weight` column, weight: its sum}}
+    of an items frame (one row per model and item)."""
+    figures = [c for c in items.columns if c not in ("model", "item", weight)]
+    summary = {}
+    for name, group in items.groupby("model", sort=False):
+        total = group[weight].sum()
+        summary[name] = {f: float((group[f] * group[weight]).sum() / total) if total else None
+                         for f in figures}
+        summary[name][weight] = int(total)
+    return summary
 
 
 def normalize(text: str) -> str:
@@ -101,17 +120,39 @@ def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
                                    references=references)["rougeL_per_pair"]
 
 
+def answer_items(answers: list[str], teacher_answers: list[str] | None,
+                 references: list[str | None], items: list[str]) -> pd.DataFrame:
+    """One row per answer (`item`: its prompt id): ROUGE-L against the teacher's answer
+    (NaN without `teacher_answers`) and, where the prompt has a reference (`graded`),
+    exact match and reference-in-answer (NaN where it has none)."""
+    graded = [r is not None for r in references]
+    return pd.DataFrame({
+        "item": [str(i) for i in items],
+        "rouge_l_vs_teacher": rouge_l(answers, teacher_answers) if teacher_answers is not None
+        else [math.nan] * len(answers),
+        "graded": graded,
+        "exact_match": [float(exact_match(a, r)) if g else math.nan
+                        for a, r, g in zip(answers, references, graded)],
+        "reference_in_answer": [float(reference_in_answer(a, r)) if g else math.nan
+                                for a, r, g in zip(answers, references, graded)]})
+
+
 def answer_scores(answers: list[str], teacher_answers: list[str],
-                  references: list[str | None]) -> dict:
+                  references: list[str | None], items: list[str] | None = None) -> dict:
     """ROUGE-L vs the teacher's answers, and accuracy on the prompts with a reference."""
-    scores = {"rouge_l_vs_teacher": sum(rouge_l(answers, teacher_answers)) / len(answers)}
-    graded = [(a, r) for a, r in zip(answers, references) if r is not None]
-    scores["graded_prompts"] = len(graded)
-    scores["exact_match"] = (sum(exact_match(a, r) for a, r in graded) / len(graded)
-                             if graded else None)
-    scores["reference_in_answer"] = (sum(reference_in_answer(a, r) for a, r in graded)
-                                     / len(graded) if graded else None)
-    return scores
+    frame = answer_items(answers, teacher_answers, references,
+                         items if items is not None else range(len(answers)))
+    return scores_of_answers(frame)
+
+
+def scores_of_answers(frame: pd.DataFrame) -> dict:
+    """The answer figures of metrics.json from an `answer_items` frame."""
+    graded = frame[frame["graded"]]
+    return {"rouge_l_vs_teacher": float(frame["rouge_l_vs_teacher"].mean()),
+            "graded_prompts": len(graded),
+            "exact_match": float(graded["exact_match"].mean()) if len(graded) else None,
+            "reference_in_answer": float(graded["reference_in_answer"].mean())
+            if len(graded) else None}
 
 
 # --- tokenizer-free figures ---------------------------------------------------------
@@ -119,11 +160,31 @@ def answer_scores(answers: list[str], teacher_answers: list[str],
 WORD = re.compile(r"\S+")  # a word: a maximal run of non-whitespace characters
 
 
-@torch.inference_mode()
 def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
                           max_word_tokens: int = 16) -> dict:
-    """Bits per byte and next-word agreement of `model` on the teacher's answers in
-    `samples` (a samples DataFrame: `messages`, `completion`, `finish_reason`): figures
+    """`tokenizer_free_items` summed over all answers: {'bits_per_byte',
+    'next_word_agreement', 'bytes', 'tokens', 'words', 'decoded_words'}."""
+    return text_scores_of(tokenizer_free_items(model, tokenizer, samples, batch_size,
+                                               max_word_tokens))
+
+
+def text_scores_of(items: pd.DataFrame) -> dict:
+    """The tokenizer-free figures of a `tokenizer_free_items` frame, over all its answers."""
+    sums = items[["bits", "bytes", "tokens", "words", "agree", "decoded_words"]].sum()
+    return {"bits_per_byte": float(sums["bits"] / sums["bytes"]) if sums["bytes"] else None,
+            "next_word_agreement": float(sums["agree"] / sums["words"]) if sums["words"]
+            else None, **{key: int(sums[key]) for key in ("bytes", "tokens", "words",
+                                                          "decoded_words")}}
+
+
+@torch.inference_mode()
+def tokenizer_free_items(model, tokenizer, samples, batch_size: int,
+                         max_word_tokens: int = 16) -> pd.DataFrame:
+    """One row per held-out answer (`item`: its prompt id): the answer's `bits` and
+    `bytes`, its `tokens`, counted `words`, words the model agreed on (`agree`) and words
+    that needed decoding (`decoded_words`). Summed over answers they give the bits per
+    byte and next-word agreement of `model` on the teacher's answers in `samples` (a
+    samples DataFrame: `messages`, `completion`, `finish_reason`): figures
     of text, not tokens, so they compare models whose tokenizers differ.
 
     Each model reads each sample with its own `tokenizer`: the prompt formatted by its
@@ -149,31 +210,34 @@ def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
     (`decoded_words`) get a short batched greedy decode.
     """
     stops = set(stop_token_ids(tokenizer, model.generation_config))
-    rows = [(json.loads(m) if isinstance(m, str) else m, c, reason == "stop")
-            for m, c, reason in zip(samples["messages"], samples["completion"],
-                                    samples["finish_reason"]) if c]
-    rows.sort(key=lambda row: len(row[1]))  # batches of like length pad little; sums only
-    sums = {"bits": 0.0, "bytes": 0, "tokens": 0, "words": 0, "agree": 0}
-    undecided = []  # (context ids, greedy tokens known after it, word)
+    names = samples["prompt_id"] if "prompt_id" in samples else samples.index
+    rows = [(json.loads(m) if isinstance(m, str) else m, c, reason == "stop", str(name))
+            for m, c, reason, name in zip(samples["messages"], samples["completion"],
+                                          samples["finish_reason"], names) if c]
+    rows.sort(key=lambda row: len(row[1]))  # batches of like length pad little
+    sums = [{"item": name, "bits": 0.0, "bytes": 0, "tokens": 0, "words": 0, "agree": 0,
+             "decoded_words": 0} for *_, name in rows]
+    undecided = []  # (answer's index, context ids, greedy tokens known after it, word)
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
         encoded = [(encode_chat(tokenizer, m), tokenizer(c, add_special_tokens=False)
-                    ["input_ids"]) for m, c, _ in chunk]
+                    ["input_ids"]) for m, c, *_ in chunk]
         logits = right_padded_logits(model, [p + ids for p, ids in encoded])
-        for row, ((prompt, ids), (_, text, stopped)) in enumerate(zip(encoded, chunk)):
+        for row, ((prompt, ids), (_, text, stopped, _)) in enumerate(zip(encoded, chunk)):
+            mine = sums[start + row]
             scored = logits[row, len(prompt) - 1:len(prompt) + len(ids)].float()
             targets = torch.tensor(ids, device=scored.device)[:, None]
             nll = scored[:-1].logsumexp(-1) - scored[:-1].gather(-1, targets).squeeze(-1)
-            sums["bits"] += float(nll.sum()) / math.log(2)
-            sums["bytes"] += len(text.encode("utf-8"))
-            sums["tokens"] += len(ids)
+            mine["bits"] += float(nll.sum()) / math.log(2)
+            mine["bytes"] += len(text.encode("utf-8"))
+            mine["tokens"] += len(ids)
             greedy = scored.argmax(-1).tolist()  # greedy[j]: after prompt + ids[:j]
             ends = _token_ends(tokenizer, ids, text)
             words = list(WORD.finditer(text))
             for k, word in enumerate(words):
                 if word.end() == len(text) and not stopped:
                     continue  # maybe cut off by the length limit
-                sums["words"] += 1
+                mine["words"] += 1
                 end = words[k - 1].end() if k else 0
                 if end in ends:
                     i = ends[end]
@@ -185,28 +249,27 @@ def tokenizer_free_scores(model, tokenizer, samples, batch_size: int,
                         "input_ids"]
                 verdict = _word_verdict(tokenizer, known, word.group(), stops)
                 if verdict is None and len(known) < max_word_tokens:
-                    undecided.append((context, known, word.group()))
+                    undecided.append((start + row, context, known, word.group()))
+                    mine["decoded_words"] += 1
                 else:
-                    sums["agree"] += bool(verdict)
-    sums["decoded_words"] = len(undecided)
+                    mine["agree"] += bool(verdict)
     steps = 4  # most words are decided within a few tokens: decode in rounds, not to the cap
     while undecided:
         still = []
         for start in range(0, len(undecided), batch_size):  # in order: long shared prefixes
             chunk = undecided[start:start + batch_size]
-            more = generate(model, tokenizer, [c + known for c, known, _ in chunk],
-                            min(steps, max(max_word_tokens - len(k) for _, k, _ in chunk)))
-            for (context, known, word), out in zip(chunk, more):
+            more = generate(model, tokenizer, [c + known for _, c, known, _ in chunk],
+                            min(steps, max(max_word_tokens - len(k) for *_, k, _ in chunk)))
+            for (answer, context, known, word), out in zip(chunk, more):
                 tokens = (known + out["completion_ids"])[:max_word_tokens]
                 verdict = _word_verdict(tokenizer, tokens, word, stops)
                 if verdict is None and len(tokens) < max_word_tokens:
-                    still.append((context, tokens, word))
+                    still.append((answer, context, tokens, word))
                 else:
-                    sums["agree"] += bool(verdict)
+                    sums[answer]["agree"] += bool(verdict)
         undecided, steps = still, 2 * steps
-    return {"bits_per_byte": sums["bits"] / sums["bytes"] if sums["bytes"] else None,
-            "next_word_agreement": sums["agree"] / sums["words"] if sums["words"] else None,
-            **{key: sums[key] for key in ("bytes", "tokens", "words", "decoded_words")}}
+    return pd.DataFrame(sums, columns=["item", "bits", "bytes", "tokens", "words", "agree",
+                                       "decoded_words"])
 
 
 def _token_ends(tokenizer, ids: list[int], text: str) -> dict[int, int]:

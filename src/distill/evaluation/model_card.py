@@ -67,11 +67,21 @@ def _cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _with_interval(value, bounds) -> str:
+    """A figure and its 95% interval, '1.066 [1.01, 1.12]', where the interval is wider
+    than nothing."""
+    if not bounds or value is None or bounds[0] == bounds[1]:
+        return _cell(value)
+    return f"{_cell(value)} [{bounds[0]:.3g}, {bounds[1]:.3g}]"
+
+
 def metrics_table(metrics: dict) -> str:
     """A markdown table, one row per model, one column per figure (their union, in
-    first-seen order). `metrics` is metrics.json (its "models" are used) or
-    {model: {figure: value}}."""
+    first-seen order). `metrics` is metrics.json (its "models" are used, each figure with
+    its 95% interval where "intervals" has one) or {model: {figure: value}}."""
+    bounds = {}
     if "schema_version" in metrics:  # the whole metrics.json (runs.write_metrics)
+        bounds = metrics.get("intervals") or {}
         metrics = metrics.get("models") or {}
     rows = {name: row for name, row in metrics.items() if isinstance(row, dict)}
     # metrics.json stores its keys sorted: teacher, student_init, student first again
@@ -81,7 +91,8 @@ def metrics_table(metrics: dict) -> str:
     columns = list(dict.fromkeys(key for row in rows.values() for key in row))
     lines = ["| model | " + " | ".join(columns) + " |",
              "|---|" + "---:|" * len(columns)]
-    lines += ["| " + " | ".join([_cell(name), *(_cell(row.get(c)) for c in columns)]) + " |"
+    lines += ["| " + " | ".join([_cell(name), *(_with_interval(row.get(c), bounds.get(name, {})
+                                                               .get(c)) for c in columns)]) + " |"
               for name, row in rows.items()]
     return "\n".join(lines)
 

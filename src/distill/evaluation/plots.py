@@ -41,8 +41,22 @@ def training_curves(log: pd.DataFrame, run_dir=None):
     return save_figure(figure, run_dir, "training_curves")
 
 
-def model_comparison(table: pd.DataFrame, run_dir=None):
-    """One bar chart per metric, a bar per model (rows of `table`, indexed by model)."""
+def _error_bars(axis, values, bounds: list, horizontal: bool = False) -> None:
+    """Draw each bar's 95% interval (`bounds`: one [low, high] or None per bar, in order)."""
+    for position, (value, bound) in enumerate(zip(values, bounds)):
+        if bound is None or pd.isna(value) or any(pd.isna(b) for b in bound):
+            continue
+        error = [[max(value - bound[0], 0)], [max(bound[1] - value, 0)]]
+        if horizontal:
+            axis.errorbar(value, position, xerr=error, color="black", capsize=3, lw=1)
+        else:
+            axis.errorbar(position, value, yerr=error, color="black", capsize=3, lw=1)
+
+
+def model_comparison(table: pd.DataFrame, run_dir=None, intervals: dict | None = None):
+    """One bar chart per metric, a bar per model (rows of `table`, indexed by model), with
+    the 95% interval of each figure that has one (`intervals`: {model: {figure: [low,
+    high]}}, as metrics.json keeps them) as an error bar."""
     metrics = {"heldout_kl": "KL(teacher || model), lower is better",
                "top1_agreement": "top-1 agreement with teacher",
                "rouge_l_vs_teacher": "ROUGE-L vs teacher answer",
@@ -65,6 +79,8 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
         axis.set_visible(False)
     for axis, (metric, title) in zip(axes.flat, metrics.items()):
         sns.barplot(frame, x="model", y=metric, hue="model", ax=axis, legend=False)
+        _error_bars(axis, frame[metric], [(intervals or {}).get(m, {}).get(metric)
+                                          for m in frame["model"]])
         axis.set(title=title, xlabel="", ylabel="")
         if metric == "perplexity":  # a broken student is orders of magnitude off
             axis.set_yscale("log")
@@ -73,9 +89,10 @@ def model_comparison(table: pd.DataFrame, run_dir=None):
     return save_figure(figure, run_dir, "model_comparison")
 
 
-def run_comparison(table: pd.DataFrame, run_dir=None):
+def run_comparison(table: pd.DataFrame, run_dir=None, intervals: dict | None = None):
     """One bar chart per figure of `distill.evaluation.compare.compare_runs`' table (its numeric
-    columns, in order), a bar per run."""
+    columns, in order), a bar per run, each with its 95% interval where `intervals`
+    ({run: {figure: [low, high]}}) has one."""
     metrics = [c for c in table.select_dtypes("number") if table[c].notna().any()]
     columns = 3
     rows = -(-len(metrics) // columns)
@@ -87,6 +104,8 @@ def run_comparison(table: pd.DataFrame, run_dir=None):
     frame["label"] = frame["objective"].where(~repeated, frame["objective"] + " · " + frame["run"])
     for axis, metric in zip(axes.flat, metrics):
         sns.barplot(frame, y="label", x=metric, hue="label", ax=axis, legend=False)
+        _error_bars(axis, frame[metric], [(intervals or {}).get(r, {}).get(metric)
+                                          for r in frame["run"]], horizontal=True)
         axis.set(title=metric, ylabel="", xlabel="")
     for axis in list(axes.flat)[len(metrics):]:
         axis.set_visible(False)
@@ -128,3 +147,17 @@ def frontier(table: pd.DataFrame, teacher: dict, run_dir=None):
     axes.flat[0].legend(fontsize=8)
     figure.tight_layout()
     return save_figure(figure, run_dir, "frontier")
+
+
+def seed_curves(logs: dict[str, pd.DataFrame], run_dir=None):
+    """The training loss and the validation KLs of several seeds of one run, per step: the
+    mean as a line and the seeds' spread (min to max) as a band."""
+    frame = pd.concat([log.assign(run=name) for name, log in logs.items()], ignore_index=True)
+    curves = [c for c in ("loss", "val_kl", "prose_kl") if c in frame and frame[c].notna().any()]
+    figure, axes = plt.subplots(1, len(curves), figsize=(4.5 * len(curves), 3.5), squeeze=False)
+    for axis, curve in zip(axes.flat, curves):
+        sns.lineplot(frame.dropna(subset=[curve]), x="step", y=curve, errorbar=("pi", 100),
+                     marker="o" if curve != "loss" else None, ax=axis)
+        axis.set(title=f"{curve}: mean and range over {len(logs)} seeds", ylabel="")
+    figure.tight_layout()
+    return save_figure(figure, run_dir, "seed_curves")

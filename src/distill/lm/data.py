@@ -65,6 +65,26 @@ def load_prompts(source: str = "builtin", prompt_field: str = "prompt",
     return prompts
 
 
+GRADED_SET = "graded.jsonl"  # prompts with a reference that no prompt set contains
+
+
+def load_graded(source: str, limit: int | None, trained: set[str]) -> list[dict]:
+    """The graded prompts of stage 03 (`evaluation.graded_prompts`): the shipped set
+    (builtin) or a prompt file, only rows with a reference, at most `limit`. A prompt whose
+    text is among `trained` (the run's training prompts) would grade memory, not skill:
+    PromptError says which."""
+    prompts = load_prompts(str(builtin_path(GRADED_SET)) if source == "builtin" else source)
+    graded = [p for p in prompts if p.get("reference") is not None][:limit]
+    if not graded:
+        raise PromptError(f"{source}: no prompt with a reference; give prompts with a "
+                          "`reference` column, or set evaluation.graded_prompts to null")
+    seen = [p["prompt_id"] for p in graded if p["messages"][-1]["content"] in trained]
+    if seen:
+        raise PromptError(f"{source}: {len(seen)} graded prompts are training prompts of this "
+                          f"run (first: {seen[0]}); graded prompts must be held out")
+    return graded
+
+
 def check_prompt_source(source: str) -> None:
     """Raise PromptError for a prompt file that does not exist or has a type
     `load_prompts` cannot read; reads nothing (builtin, code and hf: pass unchecked)."""

@@ -212,6 +212,7 @@ class Example:
     # lists 'kind', 'raw_logprobs', 'span_index', 'span_teacher' (distill.lm.cross_tokenizer);
     # topk_ids / topk_logprobs then hold the top-k mapped onto the student's ids
     cross: dict | None = None
+    item: str | None = None  # what evaluation calls it (a prompt id, a prose window)
 
     @property
     def prompt_length(self) -> int:
@@ -243,7 +244,8 @@ def build_examples(samples: pd.DataFrame, need_topk: bool = False) -> list[Examp
                 np.stack(row.topk_logprobs).tolist()
         labels = [IGNORE_INDEX] * (len(prompt) - 1) + completion
         examples.append(Example(prompt + completion, labels, topk_ids, topk_logprobs,
-                                getattr(row, "source", "chat")))
+                                getattr(row, "source", "chat"),
+                                item=str(getattr(row, "prompt_id", row.Index))))
     if need_topk and without_topk:
         if not examples:
             raise ValueError(
@@ -342,4 +344,5 @@ def prose_examples(tokenizer, text: str, max_tokens: int, block_size: int) -> li
         raise ValueError("the prose corpus is shorter than two tokens")
     windows = id_windows(ids, block_size)
     # no cached top-k: a live teacher scores these, or cross-entropy alone trains on them
-    return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]]) for w in windows]
+    return [Example(w, w[1:], [[] for _ in w[1:]], [[] for _ in w[1:]], item=f"prose-{i}")
+            for i, w in enumerate(windows)]

@@ -40,15 +40,17 @@ def encoder_states(model, rows: pd.DataFrame, batch_size: int = 8) -> torch.Tens
 
 
 @torch.no_grad()
-def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8,
-                            states: torch.Tensor | None = None) -> dict:
-    """KL(teacher || model) over the teacher's top-k and top-1 agreement, per transcript
-    token, with the model fed the teacher's transcripts of `rows` (the text suite's
-    figures, for speech: they move before the student's own transcripts do). `states`:
-    the model's encoder states of the rows' clips, when the caller has them."""
+def teacher_forced_items(model, rows: pd.DataFrame, batch_size: int = 8,
+                         states: torch.Tensor | None = None) -> pd.DataFrame:
+    """Per held-out clip (`item`: its id): KL(teacher || model) over the teacher's top-k
+    and top-1 agreement, means over its transcript tokens (`tokens`), with the model fed
+    the teacher's transcripts of `rows` (the text suite's figures, for speech: they move
+    before the student's own transcripts do). `states`: the model's encoder states of the
+    rows' clips, when the caller has them."""
     from transformers.modeling_outputs import BaseModelOutput
 
-    examples, kl_sum, agree, tokens = examples_of(rows), 0.0, 0, 0
+    examples, found = examples_of(rows), []
+    names = rows["id"] if "id" in rows else pd.Series(rows.index)
     states = encoder_states(model, rows, batch_size) if states is None else states
     for start in range(0, len(examples), batch_size):
         batch = collate(examples[start:start + batch_size], END)
@@ -57,10 +59,22 @@ def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8,
             decoder_input_ids=batch["input_ids"].to(model.device),
             decoder_attention_mask=batch["attention_mask"].to(model.device)).logits[:, :-1]
         logits, labels = logits.float().cpu(), batch["labels"]
-        keep = labels != IGNORE_INDEX
-        count = int(keep.sum())
-        kl_sum += float(topk_divergence(forward_kl, logits, batch["topk_ids"],
-                                        batch["topk_logprobs"], labels)) * count
-        agree += int((logits.argmax(-1) == batch["topk_ids"][..., 0])[keep].sum())
-        tokens += count
-    return {"heldout_kl": kl_sum / max(tokens, 1), "top1_agreement": agree / max(tokens, 1)}
+        for row in range(len(logits)):
+            keep = labels[row] != IGNORE_INDEX
+            one = slice(row, row + 1)
+            found.append({
+                "item": str(names.iloc[start + row]), "tokens": int(keep.sum()),
+                "heldout_kl": float(topk_divergence(forward_kl, logits[one], batch["topk_ids"][one],
+                                                    batch["topk_logprobs"][one], labels[one])),
+                "top1_agreement": float((logits[row].argmax(-1) == batch["topk_ids"][row, :, 0])
+                                        [keep].float().mean())})
+    return pd.DataFrame(found, columns=["item", "tokens", "heldout_kl", "top1_agreement"])
+
+
+def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8,
+                            states: torch.Tensor | None = None) -> dict:
+    """`teacher_forced_items` over all transcript tokens: {'heldout_kl', 'top1_agreement'}."""
+    items = teacher_forced_items(model, rows, batch_size, states)
+    tokens = max(int(items["tokens"].sum()), 1)
+    return {figure: float((items[figure].fillna(0) * items["tokens"]).sum() / tokens)
+            for figure in ("heldout_kl", "top1_agreement")}
