@@ -10,7 +10,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from distill import pipeline
+from distill import experiments, pipeline
 from distill.core import runs
 from distill.core.params_fields import ParamsError
 from distill.evaluation import compare, intervals, seeds
@@ -149,10 +149,10 @@ def test_graded_set_is_large_held_out_and_checked_against_training():
 # --- seeds ---------------------------------------------------------------------------
 
 def test_parse_seeds():
-    assert pipeline.parse_seeds("0,1,2") == [0, 1, 2] == pipeline.parse_seeds("0-2")
+    assert experiments.parse_seeds("0,1,2") == [0, 1, 2] == experiments.parse_seeds("0-2")
     for bad in ("a", "1,1", "-1", ""):
         with pytest.raises(ValueError, match="--seeds"):
-            pipeline.parse_seeds(bad)
+            experiments.parse_seeds(bad)
 
 
 def _fake_stages(calls: list, fail: dict):
@@ -171,9 +171,9 @@ def _fake_stages(calls: list, fail: dict):
         if stage == "evaluation":
             kl = 1 + seed / 10
             table = pd.DataFrame({"heldout_kl": {"teacher": 0.0, "student": kl}})
-            runs.write_metrics(run_dir, table, 4, intervals={
+            runs.write_metrics(run_dir, table, 4, intervals.uncertainty({
                 "teacher": {"heldout_kl": [0.0, 0.0]},
-                "student": {"heldout_kl": [kl - .1, kl + .1]}})
+                "student": {"heldout_kl": [kl - .1, kl + .1]}}, {}))
         runs.update_manifest(run_dir, stages={stage: {"status": "done"}})
     return execute
 
@@ -185,11 +185,11 @@ def test_seeds_run_resume_alone_and_aggregate(tmp_path, monkeypatch):
     params.write_text(yaml.safe_dump({"run": {"name": "s", "output_dir": str(tmp_path / "out"),
                                               "precision": "fp32"}}))
     with pytest.raises(pipeline.StageFailed):  # seed 1 killed in training
-        pipeline.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
+        experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
     group = next((tmp_path / "out").glob("s-seeds-*"))
-    assert json.loads((group / pipeline.SEEDS_FILE).read_text())["seeds"] == [0, 1, 2]
+    assert json.loads((group / experiments.SEEDS_FILE).read_text())["seeds"] == [0, 1, 2]
     calls.clear()
-    pipeline.run_seeds(group)  # goes on: seed 0 kept, seed 1 from training, seed 2 anew
+    experiments.run_seeds(group)  # goes on: seed 0 kept, seed 1 from training, seed 2 anew
     assert calls == [(1, "student_training"), (1, "evaluation"), (2, "teacher_sampling"),
                      (2, "student_training"), (2, "evaluation")]
     saved = yaml.safe_load((group / "seed-2" / runs.PARAMS).read_text())["run"]
@@ -202,7 +202,7 @@ def test_seeds_run_resume_alone_and_aggregate(tmp_path, monkeypatch):
     assert row["seed 2"] == pytest.approx(1.2)
     assert (group / runs.FIGURES / "seed_curves.png").exists()
     with pytest.raises(ParamsError, match="started with seeds"):
-        pipeline.run_seeds(group, [0, 1])
+        experiments.run_seeds(group, [0, 1])
 
 
 def test_compare_pairs_runs_on_the_items_they_share(tmp_path):
@@ -222,8 +222,8 @@ def test_metrics_json_and_model_card_carry_the_intervals(tmp_path):
     from distill.evaluation.model_card import metrics_table
 
     table = pd.DataFrame({"student": {"heldout_kl": 1.1, "generation_tokens_per_second": 80.0}}).T
-    written = runs.write_metrics(tmp_path, table, 8, intervals={"student": {
-        "heldout_kl": [1.0, 1.2], "generation_tokens_per_second": [70.0, 90.0]}})
+    written = runs.write_metrics(tmp_path, table, 8, intervals.uncertainty({"student": {
+        "heldout_kl": [1.0, 1.2], "generation_tokens_per_second": [70.0, 90.0]}}, {}))
     assert written["intervals"] == {"student": {"heldout_kl": [1.0, 1.2]}}  # quality only
     assert written["interval_method"]["resamples"] == intervals.RESAMPLES
     assert "1.1 [1, 1.2]" in metrics_table(runs.read_metrics(tmp_path))

@@ -132,15 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args)
 
+    from .experiments import is_seeds_folder, parse_seeds, run_seeds, run_sweep
     from .lm.models import ModelNotFound
-    from .pipeline import (
-        StageFailed,
-        is_seeds_folder,
-        parse_seeds,
-        run_pipeline,
-        run_seeds,
-        run_sweep,
-    )
+    from .pipeline import StageFailed, run_pipeline
     from .teachers.api_client import ApiTeacherError
 
     try:

@@ -35,6 +35,7 @@ from .params_fields import (
     build_section,
     non_negative,
     objective_names,
+    optional_natural,
     optional_positive,
     positive,
     probability,
@@ -75,8 +76,7 @@ class RunParams:
     seed: int = _p(0, "seed for the split, sampling, initialisation and data order")
     heldout_seed: int | None = _p(None, "seed of the held-out split alone (text runs); null "
                                   "follows seed. Fixed while seed varies, seed-to-seed spread "
-                                  "is told apart from split-to-split spread",
-                                  (lambda v: v is None or v >= 0, "must be >= 0 or null"))
+                                  "is told apart from split-to-split spread", optional_natural)
     teacher: str = _p("smollm2-135m-instruct",
                       "embedded teacher name (see `distill models`), Hugging Face id or folder")
     output_dir: str = _p("outputs", "folder that holds the run folders")
@@ -283,10 +283,9 @@ class EvaluationParams:
     max_new_tokens: int = _p(64, "longest generated answer per model", positive)
     batch_size: int = _p(16, "prompts generated or scored together", positive)
     max_prompts: int | None = _p(None, "cap on held-out prompts evaluated", optional_positive)
-    graded_prompts: str | None = _p("builtin", "more prompts with a reference, graded on "
-                                    "every model's answer besides the held-out split's own: "
-                                    "builtin (120 written for distill, in no prompt set), a "
-                                    ".jsonl/.csv/.parquet file, or null (the split's alone)")
+    graded_prompts: str | None = _p("builtin", "more prompts with a reference, graded besides "
+                                    "the held-out split's own: builtin (120 written for distill,"
+                                    " in no prompt set), a prompt file, or null (the split's)")
     max_graded_prompts: int | None = _p(None, "cap on those prompts", optional_positive)
     corpus: str = _p("builtin", "perplexity text: builtin (shipped), a .txt file, or hf:<dataset>")
     corpus_max_tokens: int = _p(4096, "tokens of the corpus scored", positive)

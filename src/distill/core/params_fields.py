@@ -35,6 +35,7 @@ def _p(default, help: str, check=None):
 positive = (lambda v: v > 0, "must be > 0")
 non_negative = (lambda v: v >= 0, "must be >= 0")
 optional_positive = (lambda v: v is None or v > 0, "must be > 0 or null")
+optional_natural = (lambda v: v is None or v >= 0, "must be >= 0 or null")
 probability = (lambda v: 0 < v <= 1, "must be in (0, 1]")
 
 # kd_loss objectives by name -> (objective, whether it crosses tokenizers). Filled by the

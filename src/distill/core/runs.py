@@ -99,11 +99,12 @@ def is_speed_figure(figure: str) -> bool:
 
 
 def write_metrics(run_dir: str | Path, table, heldout_prompts: int,
-                  intervals: dict | None = None, paired: dict | None = None) -> dict:
+                  uncertainty: dict | None = None) -> dict:
     """Write metrics.json from the evaluation's table (a DataFrame, one row per model,
-    one column per figure); returns what was written. `intervals` ({model: {figure:
-    [low, high]}}, distill.evaluation.intervals) are kept for the quality figures of the
-    table; `paired` ({"a - b": {figure: difference, interval, p-value}}) as given."""
+    one column per figure); returns what was written. `uncertainty`
+    (distill.evaluation.intervals.uncertainty) adds its keys: `intervals` ({model:
+    {figure: [low, high]}}, kept for the table's quality figures), `interval_method`, and
+    `paired` ({"a - b": {figure: difference, interval, p-value}})."""
     # a figure that does not apply (NaN) is written as null: JSON has no NaN
     rows = {model: {k: None if isinstance(v, float) and math.isnan(v) else v
                     for k, v in row.items()} for model, row in table.to_dict("index").items()}
@@ -113,14 +114,10 @@ def write_metrics(run_dir: str | Path, table, heldout_prompts: int,
                    for model, row in rows.items()},
         "speed": {model: {k: v for k, v in row.items() if is_speed_figure(k)}
                   for model, row in rows.items()}}
-    if intervals is not None:
-        from ..evaluation.intervals import method
-
-        metrics["intervals"] = {model: {k: bounds for k, bounds in intervals.get(model, {}).items()
-                                        if k in metrics["models"][model]} for model in rows}
-        metrics["interval_method"] = method()
-    if paired is not None:
-        metrics["paired"] = paired
+    metrics.update(uncertainty or {})
+    if "intervals" in metrics:  # quality figures only: speed has no items to resample
+        metrics["intervals"] = {model: {k: bounds for k, bounds in metrics["intervals"].get(
+            model, {}).items() if k in metrics["models"][model]} for model in rows}
     write_json(Path(run_dir) / METRICS, metrics)
     return metrics
 

@@ -54,6 +54,13 @@ def method() -> dict:
             "items_schema_version": ITEMS_SCHEMA_VERSION}
 
 
+def uncertainty(bounds: dict, paired: dict[str, pd.DataFrame]) -> dict:
+    """What metrics.json adds (runs.write_metrics): the intervals, how they were made,
+    and the paired comparisons ({"a - b": a `compare` table})."""
+    return {"intervals": bounds, "interval_method": method(),
+            "paired": {name: paired_record(table) for name, table in paired.items()}}
+
+
 # --- building the items table --------------------------------------------------------
 
 def long_items(frame: pd.DataFrame, figures: dict[str, tuple[str, str | None]],

@@ -69,9 +69,8 @@ def teacher_forced_items(teacher, students: dict, samples, pad_id: int,
 
 def teacher_forced_fidelity(teacher, students: dict, samples, pad_id: int,
                             batch_size: int) -> dict[str, dict]:
-    """{name: {'kl', 'top1_agreement', 'acceptance', 'nll', 'tokens'}}: the figures of
-    `teacher_forced_items` over all completion tokens (each item weighted by its tokens).
-    exp(nll) is the perplexity."""
+    """{name: {'kl', 'top1_agreement', 'acceptance', 'nll', 'tokens'}}: `teacher_forced_items`
+    over all completion tokens (each item weighted by its tokens); exp(nll): perplexity."""
     return summarize_items(teacher_forced_items(teacher, students, samples, pad_id, batch_size),
                            "tokens")
 
@@ -140,9 +139,8 @@ def answer_items(answers: list[str], teacher_answers: list[str] | None,
 def answer_scores(answers: list[str], teacher_answers: list[str],
                   references: list[str | None], items: list[str] | None = None) -> dict:
     """ROUGE-L vs the teacher's answers, and accuracy on the prompts with a reference."""
-    frame = answer_items(answers, teacher_answers, references,
-                         items if items is not None else range(len(answers)))
-    return scores_of_answers(frame)
+    return scores_of_answers(answer_items(answers, teacher_answers, references,
+                                          items if items is not None else range(len(answers))))
 
 
 def scores_of_answers(frame: pd.DataFrame) -> dict:

@@ -78,3 +78,27 @@ def teacher_forced_fidelity(model, rows: pd.DataFrame, batch_size: int = 8,
     tokens = max(int(items["tokens"].sum()), 1)
     return {figure: float((items[figure].fillna(0) * items["tokens"]).sum() / tokens)
             for figure in ("heldout_kl", "top1_agreement")}
+
+
+def clip_items(name: str, model, heldout, texts: list[str], teacher_texts: list[str],
+               batch_size: int, states=None):
+    """The items-table rows (distill.evaluation.intervals) of one model on the held-out
+    clips: per clip, KL and top-1 agreement under teacher forcing (weighted by the
+    transcript's tokens), WER against the teacher's transcript and, where the clip has
+    its true text, against that (weighted by the reference's words)."""
+    from ..evaluation.intervals import long_items
+    from .metrics import wer_items
+
+    per_clip = teacher_forced_items(model, heldout, batch_size, states).merge(
+        wer_items(texts, teacher_texts, heldout["id"]).rename(
+            columns={"wer": "wer_vs_teacher", "words": "teacher_words"}), on="item")
+    figures = {"heldout_kl": ("heldout_kl", "tokens"),
+               "top1_agreement": ("top1_agreement", "tokens"),
+               "wer_vs_teacher": ("wer_vs_teacher", "teacher_words")}
+    has_text = heldout["text"].notna().to_numpy()
+    if has_text.any():
+        truth = wer_items([t for t, keep in zip(texts, has_text) if keep],
+                          list(heldout["text"][has_text]), heldout["id"][has_text])
+        per_clip = per_clip.merge(truth, on="item", how="left").fillna({"words": 0})
+        figures["wer"] = ("wer", "words")
+    return long_items(per_clip, figures, name)
