@@ -25,6 +25,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..lm.speed import DRAFT_GAMMA, expected_accepted_tokens
+
 ITEMS = "items.parquet"
 ITEMS_SCHEMA_VERSION = 1
 ITEMS_COLUMNS = ["model", "figure", "item", "value", "weight"]
@@ -36,15 +38,10 @@ ALPHA = 0.05  # a difference is called real where its p-value is below this
 BINARY_FIGURES = ("exact_match", "reference_in_answer", "pass@1_greedy")
 
 
-def _draft_tokens(acceptance: float) -> float:
-    from ..lm.speed import expected_accepted_tokens
-
-    return expected_accepted_tokens(acceptance)
-
-
 # figure of metrics.json -> (the item figure it is a monotone increasing function of, f)
 DERIVED = {"perplexity": ("prose_nll", math.exp),
-           "draft_tokens_per_step_gamma4": ("draft_acceptance", _draft_tokens)}
+           f"draft_tokens_per_step_gamma{DRAFT_GAMMA}": ("draft_acceptance",
+                                                         expected_accepted_tokens)}
 
 
 def method() -> dict:
