@@ -227,3 +227,21 @@ def test_metrics_json_and_model_card_carry_the_intervals(tmp_path):
     assert written["intervals"] == {"student": {"heldout_kl": [1.0, 1.2]}}  # quality only
     assert written["interval_method"]["resamples"] == intervals.RESAMPLES
     assert "1.1 [1, 1.2]" in metrics_table(runs.read_metrics(tmp_path))
+
+
+def test_two_seeds_folders_compare_seed_by_seed(tmp_path, monkeypatch):
+    """The bf16 question's shape: one setting changed, the seeds paired, the split fixed."""
+    monkeypatch.setattr(pipeline, "_execute", _fake_stages([], {}))
+    params = tmp_path / "p.yaml"
+    params.write_text(yaml.safe_dump({"run": {"name": "s", "output_dir": str(tmp_path / "out"),
+                                              "precision": "fp32"}}))
+    a = experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
+    b = experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
+    for seed, shift in zip(range(3), (0.011, 0.009, 0.010)):  # b's KL 1% above a's, per seed
+        metrics = runs.read_metrics(b / f"seed-{seed}")
+        metrics["models"]["student"]["heldout_kl"] *= 1 + shift
+        runs.write_json(b / f"seed-{seed}" / runs.METRICS, metrics)
+    row = seeds.compare_groups(a, b).loc["heldout_kl"]
+    assert row["seeds"] == 3 and row["same_split"]
+    assert row["relative"] == pytest.approx(0.01)
+    assert 0 < row["relative_low"] < row["relative_high"] < 0.02  # within 2%, and above 0

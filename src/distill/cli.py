@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     sweep.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override one parameter in every variant")
 
-    compare = commands.add_parser("compare", help="one table of several runs' students")
-    compare.add_argument("runs", nargs="+", help="run folders")
+    compare = commands.add_parser("compare", help="one table of several runs' students, each "
+                                  "tested against the first; or two seeds folders, seed by seed")
+    compare.add_argument("runs", nargs="+", help="run folders, or two seeds folders (--seeds)")
     compare.add_argument("--csv", help="also write the table to this CSV file")
 
     serve = commands.add_parser(
@@ -298,10 +299,22 @@ def _print_aggregate(group) -> int:
 
 
 def _compare(run_dirs, csv_path) -> int:
+    from pathlib import Path
+
     import pandas as pd
 
     from .evaluation.compare import compare_runs, differences_in_words, paired_differences
+    from .experiments import is_seeds_folder
 
+    if len(run_dirs) == 2 and all(is_seeds_folder(d) for d in run_dirs):
+        from .evaluation.seeds import compare_groups  # one setting, seed by seed
+
+        table = compare_groups(*map(Path, run_dirs))
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(f"{run_dirs[1]} - {run_dirs[0]}, the student, paired by seed "
+                  "(95% t-intervals across seeds):")
+            print(table.round(4).to_string())
+        return 0
     table = compare_runs(run_dirs)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.round(4).to_string())

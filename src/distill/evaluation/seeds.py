@@ -74,3 +74,32 @@ def write_aggregate(group: Path, run_dirs: list[Path]) -> pd.DataFrame:
     if logs:
         seed_curves(logs, group)
     return table
+
+
+def seed_runs(group: Path) -> list[Path]:
+    """The finished runs of a seeds folder (those with metrics), in seed order."""
+    found = [d for d in Path(group).glob("seed-*") if (d / "metrics.json").exists()]
+    return sorted(found, key=lambda d: int(d.name.split("-")[1]))
+
+
+def compare_groups(a: Path, b: Path, model: str = "student") -> pd.DataFrame:
+    """Two seeds folders that differ in one setting (say run.precision fp32 and bf16),
+    paired by seed: per quality figure of `model`, the difference b - a of each seed both
+    ran, and across those seeds its mean and 95% t-interval, absolute and relative to a
+    (b / a - 1). `same_split` says whether each pair was evaluated on the same held-out
+    split (run.heldout_seed fixed), as a paired comparison of one setting wants."""
+    pairs = seed_figures(seed_runs(a)).merge(seed_figures(seed_runs(b)),
+                                             on=["seed", "model", "figure"], suffixes=("_a", "_b"))
+    pairs = pairs[(pairs["model"] == model) & pairs["low_a"].notna()]
+    pairs = pairs.assign(difference=pairs["value_b"] - pairs["value_a"],
+                         relative=pairs["value_b"] / pairs["value_a"] - 1)
+    rows = []
+    for figure, group in pairs.groupby("figure", sort=False):
+        absolute, relative = t_interval(group["difference"]), t_interval(group["relative"])
+        rows.append({"figure": figure, "seeds": absolute["seeds"], "a": group["value_a"].mean(),
+                     "b": group["value_b"].mean(), "difference": absolute["mean"],
+                     "low": absolute["low"], "high": absolute["high"],
+                     "relative": relative["mean"], "relative_low": relative["low"],
+                     "relative_high": relative["high"],
+                     "same_split": bool(group["heldout_seed_a"].eq(group["heldout_seed_b"]).all())})
+    return pd.DataFrame(rows).set_index("figure")
