@@ -96,6 +96,9 @@ def test_runs_without_shared_items_are_compared_unpaired_and_say_so():
     table = intervals.compare(a, "student", "student", other=b)
     assert not table.loc["heldout_kl", "paired"]
     assert "not paired" in intervals.in_words(table, "A", "B")
+    some = intervals.compare(a, "student", "student", other=pd.concat([b, a.iloc[:2]]))
+    assert some.loc["heldout_kl", "items"] == 2  # paired on the two shared, and says so
+    assert "paired on the 2 items both have, of 4 and 6" in intervals.in_words(some, "A", "B")
 
 
 def test_t_interval_across_seeds():
@@ -236,7 +239,7 @@ def test_two_seeds_folders_compare_seed_by_seed(tmp_path, monkeypatch):
     params.write_text(yaml.safe_dump({"run": {"name": "s", "output_dir": str(tmp_path / "out"),
                                               "precision": "fp32"}}))
     a = experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
-    b = experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0"])
+    b = experiments.run_seeds(params, [0, 1, 2], ["run.heldout_seed=0", "run.name=t"])
     for seed, shift in zip(range(3), (0.011, 0.009, 0.010)):  # b's KL 1% above a's, per seed
         metrics = runs.read_metrics(b / f"seed-{seed}")
         metrics["models"]["student"]["heldout_kl"] *= 1 + shift

@@ -220,14 +220,16 @@ def compare(items: pd.DataFrame, a: str, b: str, other: pd.DataFrame | None = No
         shared = mine.index.intersection(theirs.index)
         row = {"figure": figure, "a": float(_weighted_mean(mine["value"], mine["weight"])),
                "b": float(_weighted_mean(theirs["value"], theirs["weight"])),
-               "items": len(shared), "paired": len(shared) > 0}
+               "items": len(shared), "items_a": len(mine), "items_b": len(theirs),
+               "paired": len(shared) > 0}
         if len(shared):
             row.update(_paired(figure, mine.loc[shared], theirs.loc[shared], seed))
         else:
             row.update(_unpaired(mine, theirs, seed))
         rows.append(row)
     frame = pd.DataFrame(rows, columns=["figure", "a", "b", "difference", "low", "high",
-                                        "p_value", "test", "items", "paired"])
+                                        "p_value", "test", "items", "items_a", "items_b",
+                                        "paired"])
     frame["real"] = frame["p_value"] < ALPHA
     return frame.set_index("figure")
 
@@ -321,6 +323,9 @@ def in_words(differences: pd.DataFrame, a: str, b: str) -> str:
     for figure, row in differences.iterrows():
         verdict = "real" if row["real"] else "not distinguishable from noise"
         paired = "" if row["paired"] else " (not paired: the two share no held-out item)"
+        if row["paired"] and row["items"] < max(row["items_a"], row["items_b"]):
+            paired = (f" (paired on the {row['items']} items both have, of {row['items_a']} "
+                      f"and {row['items_b']}: their held-out sets differ)")
         lines.append(f"- {figure}: {a} - {b} = {row['difference']:+.4f} "
                      f"[{row['low']:+.4f}, {row['high']:+.4f}], p = {row['p_value']:.3g}: "
                      f"{verdict} at {ALPHA}{paired}")
