@@ -12,6 +12,7 @@ import pandas as pd
 import seaborn as sns
 
 from ..core.runs import save_figure
+from ..evaluation.intervals import ITEMS_COLUMNS
 from . import sandbox
 from .tasks import pass_at_k, run_answers
 
@@ -88,7 +89,7 @@ def item_results(results: pd.DataFrame) -> pd.DataFrame:
         for k in (k for k in PASS_K if k <= len(sampled)):
             rows.append({"model": model, "figure": f"pass@{k}", "item": str(task),
                          "value": pass_at_k(len(sampled), int(sampled.sum()), k), "weight": 1.0})
-    return pd.DataFrame(rows, columns=["model", "figure", "item", "value", "weight"])
+    return pd.DataFrame(rows, columns=ITEMS_COLUMNS)
 
 
 def by_kind(results: pd.DataFrame) -> pd.DataFrame:

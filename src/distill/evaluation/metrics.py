@@ -137,10 +137,10 @@ def answer_items(answers: list[str], teacher_answers: list[str] | None,
 
 
 def answer_scores(answers: list[str], teacher_answers: list[str],
-                  references: list[str | None], items: list[str] | None = None) -> dict:
+                  references: list[str | None]) -> dict:
     """ROUGE-L vs the teacher's answers, and accuracy on the prompts with a reference."""
     return scores_of_answers(answer_items(answers, teacher_answers, references,
-                                          items if items is not None else range(len(answers))))
+                                          range(len(answers))))
 
 
 def scores_of_answers(frame: pd.DataFrame) -> dict:
